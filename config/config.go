@@ -1,0 +1,70 @@
+// Package config reads flakeship's configuration from the environment (the
+// names are in DESIGN.md and the README), validates it, and describes every
+// deploy target. A bad or missing setting is one error naming the variable.
+package config
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Config is the whole, validated configuration.
+type Config struct {
+	Listen      string     // FLAKESHIP_LISTEN
+	PublicURL   string     // FLAKESHIP_PUBLIC_URL, no trailing slash
+	StateDir    string     // FLAKESHIP_STATE_DIR, absolute
+	AdminToken  Secret     // FLAKESHIP_ADMIN_TOKEN(_FILE)
+	ReadToken   Secret     // FLAKESHIP_READ_TOKEN(_FILE)
+	MaxParallel int        // FLAKESHIP_MAX_PARALLEL, >= 1
+	Nix         string     // FLAKESHIP_NIX
+	NixFlags    []string   // FLAKESHIP_NIX_FLAGS, split as shell words
+	LogLevel    slog.Level // FLAKESHIP_LOG_LEVEL
+	LogFormat   string     // FLAKESHIP_LOG_FORMAT: "text" or "json"
+	BodyLimit   int        // FLAKESHIP_BODY_LIMIT: webhook body limit in bytes (default 25 MiB)
+	Targets     []Target   // FLAKESHIP_TARGETS, in the order listed
+}
+
+// Activation modes of a target.
+const (
+	ActivateService = "service"
+	ActivateNixOS   = "nixos"
+	ActivateNone    = "none"
+)
+
+// Systemd scopes of a target's unit.
+const (
+	ScopeSystem = "system"
+	ScopeUser   = "user"
+)
+
+// Target is one deployable repository and what to do with its builds. All
+// fields are filled: defaults are applied and values validated by Load.
+type Target struct {
+	Name          string        // as listed in FLAKESHIP_TARGETS
+	Forge         string        // "github" or "forgejo" ("gitea" is stored as "forgejo")
+	Repo          string        // owner/name
+	ForgeURL      string        // API base URL, with a trailing slash
+	CloneURL      string        // what go-git fetches
+	Branch        string        // branch that deploys
+	Attr          string        // flake output attribute path
+	Activate      string        // ActivateService, ActivateNixOS or ActivateNone
+	Unit          string        // systemd unit (service mode)
+	SystemdScope  string        // ScopeSystem or ScopeUser
+	Profile       string        // nix profile path
+	HealthURL     string        // polled after activation, "" for none
+	HealthTimeout time.Duration // how long activation may take to be healthy
+	BuildTimeout  time.Duration // whole fetch+build limit
+	WebhookSecret Secret        // HMAC key of the repository's webhook
+	Token         Secret        // forge API token, "" for none
+	StatusContext string        // commit status context
+}
+
+// Target returns the target with the given name.
+func (c *Config) Target(name string) (Target, bool) {
+	for _, t := range c.Targets {
+		if t.Name == name {
+			return t, true
+		}
+	}
+	return Target{}, false
+}
