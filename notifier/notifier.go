@@ -1,0 +1,226 @@
+// Package notifier posts commit statuses to the forges: pending while a
+// deploy waits and runs, then its outcome, each linking to the deploy's page.
+// GitHub and Forgejo (Gitea is an alias) sit behind one interface; Nop stands
+// in for targets without a token. Transient failures are retried with
+// backoff (see RetryPolicy); tokens never reach an error or a log line.
+package notifier
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/flakeship/flakeship/config"
+	"github.com/flakeship/flakeship/forge"
+)
+
+// Notifier posts commit statuses.
+type Notifier interface {
+	// SetStatus posts s to the forge, retrying transient failures until the
+	// retry policy gives up or ctx ends. It is safe for concurrent use.
+	SetStatus(ctx context.Context, s forge.Status) error
+}
+
+// Nop is the Notifier of a target without a forge token: it posts nothing.
+type Nop struct{}
+
+// SetStatus does nothing and returns nil.
+func (Nop) SetStatus(context.Context, forge.Status) error { return nil }
+
+var (
+	_ Notifier = Nop{}
+	_ Notifier = (*GitHub)(nil)
+	_ Notifier = (*Forgejo)(nil)
+)
+
+const (
+	// maxDescription is GitHub's limit on a status description, in
+	// characters; Forgejo takes longer ones, but one limit keeps both alike.
+	maxDescription = 140
+	// maxMessage bounds how much of a forge's error message an error quotes.
+	maxMessage = 200
+	// attemptTimeout bounds one request when the caller gives no HTTP client.
+	attemptTimeout = 30 * time.Second
+)
+
+// APIError is a forge's refusal of a status: an HTTP answer outside 2xx.
+type APIError struct {
+	StatusCode int
+	Message    string        // the forge's own message, one line, "" if none
+	RetryAfter time.Duration // how long the forge asked us to wait, 0 if it did not say
+	// rateLimited marks GitHub's rate-limit answers, which come as 403.
+	rateLimited bool
+}
+
+// Error gives the code and reason, like "401 Unauthorized: Bad credentials".
+func (e *APIError) Error() string {
+	msg := fmt.Sprint(e.StatusCode)
+	if text := http.StatusText(e.StatusCode); text != "" {
+		msg += " " + text
+	}
+	if e.Message != "" && e.Message != http.StatusText(e.StatusCode) {
+		msg += ": " + e.Message
+	}
+	return msg
+}
+
+// Temporary reports whether trying again later may succeed: 429, a 5xx, or
+// one of GitHub's rate-limit 403s.
+func (e *APIError) Temporary() bool {
+	return e.StatusCode == http.StatusTooManyRequests || e.StatusCode >= 500 || e.rateLimited
+}
+
+// poster is what GitHub and Forgejo share: validation, the retry loop and the
+// log lines around it. send makes one attempt.
+type poster struct {
+	forge string // "github" or "forgejo": the first word of every error
+	token config.Secret
+	log   *slog.Logger
+	retry RetryPolicy
+	send  func(ctx context.Context, s forge.Status) error
+}
+
+// post validates s, clips what the forges would refuse, and sends it.
+func (p *poster) post(ctx context.Context, s forge.Status) error {
+	if err := config.ValidateRepo(s.Repo); err != nil {
+		return fmt.Errorf("%s status: repo: %w", p.forge, err)
+	}
+	op := fmt.Sprintf("%s status for %s", p.forge, s.Repo)
+	if err := config.ValidateSHA(s.SHA); err != nil {
+		return fmt.Errorf("%s: sha: %w", op, err)
+	}
+	op += "@" + short(s.SHA)
+	switch s.State {
+	case forge.Pending, forge.Success, forge.Failure, forge.Error:
+	default:
+		return fmt.Errorf("%s: unknown state %q", op, clip(string(s.State), 20))
+	}
+	s.Description = clipDescription(s.Description)
+	if !isHTTPURL(s.TargetURL) {
+		s.TargetURL = ""
+	}
+
+	log := p.log.With("forge", p.forge, "repo", s.Repo, "sha", short(s.SHA), "state", string(s.State))
+	err := p.retry.do(ctx, log, func(ctx context.Context) error {
+		return p.scrub(p.send(ctx, s))
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}
+
+// scrub makes sure no error text carries the token. The SDKs never put it in
+// one (it rides in a header), so this is a second line of defence: an error
+// that would show it is replaced by one that does not.
+func (p *poster) scrub(err error) error {
+	if err == nil || !p.token.IsSet() || !strings.Contains(err.Error(), p.token.Reveal()) {
+		return err
+	}
+	var apiErr *APIError
+	if errors.As(err, &apiErr) {
+		clean := *apiErr
+		clean.Message = strings.ReplaceAll(clean.Message, p.token.Reveal(), "[redacted]")
+		return &clean
+	}
+	return &scrubbedError{msg: strings.ReplaceAll(err.Error(), p.token.Reveal(), "[redacted]")}
+}
+
+// scrubbedError stands for an error whose text showed the token. It keeps no
+// chain: the wrapped errors would show the token again.
+type scrubbedError struct{ msg string }
+
+func (e *scrubbedError) Error() string { return e.msg }
+
+// temporary reports whether err may pass if tried again, and how long the
+// forge asked to wait first.
+func temporary(err error) (bool, time.Duration) {
+	var apiErr *APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Temporary(), apiErr.RetryAfter
+	}
+	var certErr *tls.CertificateVerificationError
+	if errors.As(err, &certErr) {
+		return false, 0 // a certificate does not fix itself in a minute
+	}
+	// Anything else came from the network: refused, reset, timed out, DNS.
+	return true, 0
+}
+
+// short is the 7-character display form of a commit id.
+func short(sha string) string {
+	if len(sha) > 7 {
+		return sha[:7]
+	}
+	return sha
+}
+
+// clipDescription makes d one line of at most maxDescription characters,
+// ending in "…" when something was cut.
+func clipDescription(d string) string {
+	d = strings.Join(strings.Fields(d), " ")
+	if utf8.RuneCountInString(d) <= maxDescription {
+		return d
+	}
+	r := []rune(d)
+	return strings.TrimSpace(string(r[:maxDescription-1])) + "…"
+}
+
+// clip makes a forge's message or an untrusted value one line of at most max
+// characters.
+func clip(s string, max int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if utf8.RuneCountInString(s) <= max {
+		return s
+	}
+	return strings.TrimSpace(string([]rune(s)[:max])) + "..."
+}
+
+// isHTTPURL reports whether u is an absolute http(s) URL, the only kind of
+// link a status should carry.
+func isHTTPURL(u string) bool {
+	p, err := url.Parse(u)
+	return err == nil && (p.Scheme == "http" || p.Scheme == "https") && p.Host != ""
+}
+
+// parseBaseURL checks a configured API base URL: http(s), a host, no
+// credentials, query or fragment. The returned URL's path ends in "/".
+func parseBaseURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("base URL is not a URL")
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fmt.Errorf("base URL %q: want http or https", u.Redacted())
+	case u.Host == "":
+		return nil, fmt.Errorf("base URL %q: no host", u.Redacted())
+	case u.User != nil:
+		return nil, fmt.Errorf("base URL %q: must not carry credentials (set the token instead)", u.Redacted())
+	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+		return nil, fmt.Errorf("base URL %q: must not have a query or fragment", u.Redacted())
+	}
+	if !strings.HasSuffix(u.Path, "/") {
+		u.Path += "/"
+	}
+	u.RawPath = ""
+	return u, nil
+}
+
+// defaults fills in an HTTP client and a logger the caller left out.
+func defaults(hc *http.Client, log *slog.Logger) (*http.Client, *slog.Logger) {
+	if hc == nil {
+		hc = &http.Client{Timeout: attemptTimeout}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return hc, log
+}

@@ -1,0 +1,131 @@
+package notifier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// The zero RetryPolicy's values.
+const (
+	defaultAttempts = 6
+	defaultInitial  = 500 * time.Millisecond
+	defaultMax      = 30 * time.Second
+)
+
+// RetryPolicy says how often and how patiently a status post is retried after
+// a network error, a 5xx or a 429. Waits double from Initial up to Max, each
+// with jitter (between half and all of it), and never less than a
+// Retry-After the forge sent (up to Max). A zero field takes its default: 6
+// attempts, 500ms, 30s, about a minute in all.
+type RetryPolicy struct {
+	Attempts int           // tries in all, the first included; 1 means no retry
+	Initial  time.Duration // wait after the first failure
+	Max      time.Duration // longest single wait
+}
+
+// withDefaults fills in the zero fields.
+func (p RetryPolicy) withDefaults() RetryPolicy {
+	if p.Attempts <= 0 {
+		p.Attempts = defaultAttempts
+	}
+	if p.Initial <= 0 {
+		p.Initial = defaultInitial
+	}
+	if p.Max <= 0 {
+		p.Max = defaultMax
+	}
+	if p.Max < p.Initial {
+		p.Max = p.Initial
+	}
+	return p
+}
+
+// wait is how long to sleep after failed attempt n (from 1), given the
+// forge's Retry-After (0 if none).
+func (p RetryPolicy) wait(n int, retryAfter time.Duration) time.Duration {
+	d := p.Initial
+	for i := 1; i < n && d < p.Max; i++ {
+		d *= 2
+	}
+	d = min(d, p.Max)
+	d = d/2 + rand.N(d/2+1) // jitter keeps many retries from arriving together
+	if retryAfter > d {
+		d = min(retryAfter, p.Max)
+	}
+	return d
+}
+
+// do calls try until it succeeds, fails for good, the attempts are spent or
+// ctx ends, logging each failed attempt on log.
+func (p RetryPolicy) do(ctx context.Context, log *slog.Logger, try func(ctx context.Context) error) error {
+	p = p.withDefaults()
+	for attempt := 1; ; attempt++ {
+		err := try(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			log.Warn("commit status not posted", "attempt", attempt, "err", err)
+			return stopped(ctx, attempt, err)
+		}
+		again, retryAfter := temporary(err)
+		if !again || attempt >= p.Attempts {
+			log.Warn("commit status not posted", "attempt", attempt, "err", err)
+			if again {
+				return fmt.Errorf("%w (gave up after %s)", err, attempts(attempt))
+			}
+			return err
+		}
+		wait := p.wait(attempt, retryAfter)
+		log.Warn("commit status not posted", "attempt", attempt, "err", err, "retry_in", wait)
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return stopped(ctx, attempt, err)
+		case <-timer.C:
+		}
+	}
+}
+
+// stopped is the error of a post that ctx ended after attempts tries; it
+// matches ctx.Err() with errors.Is.
+func stopped(ctx context.Context, n int, last error) error {
+	if errors.Is(last, ctx.Err()) {
+		return fmt.Errorf("%w (after %s)", ctx.Err(), attempts(n))
+	}
+	return fmt.Errorf("%w (after %s; last: %v)", ctx.Err(), attempts(n), last)
+}
+
+// attempts says "1 attempt", "3 attempts".
+func attempts(n int) string {
+	if n == 1 {
+		return "1 attempt"
+	}
+	return fmt.Sprintf("%d attempts", n)
+}
+
+// retryAfter reads a Retry-After header: delay-seconds or an HTTP date.
+func retryAfter(h http.Header, now time.Time) time.Duration {
+	v := h.Get("Retry-After")
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.Atoi(v); err == nil {
+		if secs < 0 {
+			return 0
+		}
+		secs = min(secs, 24*60*60) // no forge means a day; keeps the product in range
+		return time.Duration(secs) * time.Second
+	}
+	if at, err := http.ParseTime(v); err == nil && at.After(now) {
+		return at.Sub(now)
+	}
+	return 0
+}

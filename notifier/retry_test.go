@@ -1,0 +1,269 @@
+package notifier
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"code.gitea.io/sdk/gitea"
+	"github.com/google/go-github/v60/github"
+)
+
+func TestZeroRetryPolicyTakesTheDefaults(t *testing.T) {
+	got := RetryPolicy{}.withDefaults()
+	want := RetryPolicy{Attempts: 6, Initial: 500 * time.Millisecond, Max: 30 * time.Second}
+	if got != want {
+		t.Errorf("defaults = %+v, want %+v", got, want)
+	}
+	if got := (RetryPolicy{Initial: time.Minute}).withDefaults().Max; got != time.Minute {
+		t.Errorf("Max below Initial became %v, want Initial (1m)", got)
+	}
+}
+
+func TestRetryWaitDoublesWithJitterUpToMax(t *testing.T) {
+	p := RetryPolicy{Attempts: 10, Initial: 100 * time.Millisecond, Max: time.Second}
+	tests := []struct {
+		attempt int
+		full    time.Duration // the wait before jitter
+	}{
+		{1, 100 * time.Millisecond},
+		{2, 200 * time.Millisecond},
+		{3, 400 * time.Millisecond},
+		{4, 800 * time.Millisecond},
+		{5, time.Second},
+		{50, time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprint("attempt ", tc.attempt), func(t *testing.T) {
+			seen := map[time.Duration]bool{}
+			for range 200 {
+				w := p.wait(tc.attempt, 0)
+				if w < tc.full/2 || w > tc.full {
+					t.Fatalf("wait = %v, want between %v and %v", w, tc.full/2, tc.full)
+				}
+				seen[w] = true
+			}
+			if len(seen) < 2 {
+				t.Errorf("200 waits were all %v: no jitter", seen)
+			}
+		})
+	}
+}
+
+func TestRetryWaitHonoursRetryAfterUpToMax(t *testing.T) {
+	p := RetryPolicy{Attempts: 3, Initial: time.Millisecond, Max: 10 * time.Second}
+	if w := p.wait(1, 3*time.Second); w != 3*time.Second {
+		t.Errorf("wait with Retry-After 3s = %v, want 3s", w)
+	}
+	if w := p.wait(1, time.Hour); w != 10*time.Second {
+		t.Errorf("wait with Retry-After 1h = %v, want Max (10s)", w)
+	}
+}
+
+func TestRetryAfterHeader(t *testing.T) {
+	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name, value string
+		want        time.Duration
+	}{
+		{name: "absent", value: "", want: 0},
+		{name: "seconds", value: "7", want: 7 * time.Second},
+		{name: "negative seconds", value: "-3", want: 0},
+		{name: "absurd seconds are capped at a day", value: "99999999999", want: 24 * time.Hour},
+		{name: "a date ahead", value: now.Add(90 * time.Second).Format(http.TimeFormat), want: 90 * time.Second},
+		{name: "a date gone by", value: now.Add(-time.Minute).Format(http.TimeFormat), want: 0},
+		{name: "garbage", value: "soon", want: 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := http.Header{}
+			if tc.value != "" {
+				h.Set("Retry-After", tc.value)
+			}
+			if got := retryAfter(h, now); got != tc.want {
+				t.Errorf("retryAfter(%q) = %v, want %v", tc.value, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestTemporarySortsErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{name: "500", err: &APIError{StatusCode: 500}, want: true},
+		{name: "502", err: &APIError{StatusCode: 502}, want: true},
+		{name: "503", err: &APIError{StatusCode: 503}, want: true},
+		{name: "429", err: &APIError{StatusCode: 429}, want: true},
+		{name: "GitHub's rate-limit 403", err: &APIError{StatusCode: 403, rateLimited: true}, want: true},
+		{name: "400", err: &APIError{StatusCode: 400}, want: false},
+		{name: "401", err: &APIError{StatusCode: 401}, want: false},
+		{name: "403", err: &APIError{StatusCode: 403}, want: false},
+		{name: "404", err: &APIError{StatusCode: 404}, want: false},
+		{name: "422", err: &APIError{StatusCode: 422}, want: false},
+		{name: "a wrapped 502", err: fmt.Errorf("post: %w", &APIError{StatusCode: 502}), want: true},
+		{name: "connection refused", err: &url.Error{Op: "Post", URL: "http://x", Err: &net.OpError{Op: "dial", Err: errors.New("connection refused")}}, want: true},
+		{name: "connection dropped", err: &url.Error{Op: "Post", URL: "http://x", Err: io.EOF}, want: true},
+		{name: "an untrusted certificate", err: &url.Error{Op: "Post", URL: "https://x", Err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}}, want: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got, _ := temporary(tc.err); got != tc.want {
+				t.Errorf("temporary(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRetryDoStopsOnAFinalError(t *testing.T) {
+	calls := 0
+	final := &APIError{StatusCode: 401}
+	err := RetryPolicy{Attempts: 5, Initial: time.Millisecond}.do(context.Background(), slog.New(slog.DiscardHandler), func(context.Context) error {
+		calls++
+		return final
+	})
+	if calls != 1 || !errors.Is(err, final) || strings.Contains(err.Error(), "gave up") {
+		t.Errorf("calls = %d, err = %v; want one call returning the 401 as is", calls, err)
+	}
+}
+
+func TestRetryDoReportsAContextThatEndedBeforeTheFirstTry(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := RetryPolicy{}.do(ctx, slog.New(slog.DiscardHandler), func(ctx context.Context) error { return ctx.Err() })
+	if !errors.Is(err, context.Canceled) || err.Error() != "context canceled (after 1 attempt)" {
+		t.Errorf("err = %q, want context canceled (after 1 attempt)", err)
+	}
+}
+
+func TestGitHubErrorReadsRateLimits(t *testing.T) {
+	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	answer := func(code int, h http.Header) *github.Response {
+		if h == nil {
+			h = http.Header{}
+		}
+		return &github.Response{Response: &http.Response{StatusCode: code, Status: fmt.Sprint(code), Header: h}}
+	}
+	retryIn := 2 * time.Minute
+	tests := []struct {
+		name          string
+		resp          *github.Response
+		err           error
+		wantCode      int
+		wantTemporary bool
+		wantAfter     time.Duration
+		wantMessage   string
+	}{
+		{
+			name: "a primary rate limit waits for its reset",
+			resp: answer(403, nil),
+			err: &github.RateLimitError{Message: "API rate limit exceeded",
+				Rate: github.Rate{Remaining: 0, Reset: github.Timestamp{Time: now.Add(time.Minute)}}},
+			wantCode: 403, wantTemporary: true, wantAfter: time.Minute, wantMessage: "API rate limit exceeded",
+		},
+		{
+			name:     "a secondary rate limit waits its Retry-After",
+			resp:     answer(403, nil),
+			err:      &github.AbuseRateLimitError{Message: "You have exceeded a secondary rate limit", RetryAfter: &retryIn},
+			wantCode: 403, wantTemporary: true, wantAfter: retryIn, wantMessage: "You have exceeded a secondary rate limit",
+		},
+		{
+			name:     "a 429 with Retry-After",
+			resp:     answer(429, http.Header{"Retry-After": {"5"}}),
+			err:      &github.ErrorResponse{Message: "Too Many Requests"},
+			wantCode: 429, wantTemporary: true, wantAfter: 5 * time.Second, wantMessage: "Too Many Requests",
+		},
+		{
+			name: "a validation error names its fields",
+			resp: answer(422, nil),
+			err: &github.ErrorResponse{Message: "Validation Failed", Errors: []github.Error{
+				{Resource: "Status", Field: "description", Code: "custom", Message: "description is too long (maximum is 140 characters)"},
+				{Resource: "Status", Field: "state", Code: "invalid"},
+			}},
+			wantCode: 422, wantMessage: "Validation Failed; description is too long (maximum is 140 characters); state invalid",
+		},
+		{
+			name:     "a plain 403 is final",
+			resp:     answer(403, nil),
+			err:      &github.ErrorResponse{Message: "Resource not accessible by integration"},
+			wantCode: 403, wantMessage: "Resource not accessible by integration",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := gitHubError(tc.resp, tc.err, now)
+			var apiErr *APIError
+			if !errors.As(err, &apiErr) {
+				t.Fatalf("err = %#v, want *APIError", err)
+			}
+			if apiErr.StatusCode != tc.wantCode || apiErr.Temporary() != tc.wantTemporary || apiErr.RetryAfter != tc.wantAfter || apiErr.Message != tc.wantMessage {
+				t.Errorf("got %+v (temporary %v), want code %d, temporary %v, retry after %v, message %q",
+					apiErr, apiErr.Temporary(), tc.wantCode, tc.wantTemporary, tc.wantAfter, tc.wantMessage)
+			}
+		})
+	}
+
+	netErr := &url.Error{Op: "Post", URL: "https://api.github.com/", Err: io.EOF}
+	if err := gitHubError(nil, netErr, now); err != netErr {
+		t.Errorf("without an answer: err = %v, want the network error as is", err)
+	}
+	if err := gitHubError(answer(201, nil), errors.New("unexpected EOF"), now); err != nil {
+		t.Errorf("a 201 with an unreadable body: err = %v, want nil (the status is stored)", err)
+	}
+}
+
+func TestForgejoErrorKeepsOnlyAMessageWorthReading(t *testing.T) {
+	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	answer := func(code int, h http.Header) *gitea.Response {
+		if h == nil {
+			h = http.Header{}
+		}
+		return &gitea.Response{Response: &http.Response{StatusCode: code, Status: fmt.Sprintf("%d %s", code, http.StatusText(code)), Header: h}}
+	}
+	tests := []struct {
+		name string
+		resp *gitea.Response
+		err  error
+		want string
+	}{
+		{name: "the forge's message is kept", resp: answer(403, nil), err: errors.New("user should have specific permission"),
+			want: "403 Forbidden: user should have specific permission"},
+		{name: "a dump of a non-JSON answer is dropped", resp: answer(502, nil),
+			err: errors.New("unknown API error: 502\nRequest: '/api/v1/repos/o/r/statuses/x' with 'POST' method and '<html>bad gateway</html>' body"), want: "502 Bad Gateway"},
+		{name: "a JSON answer without a message is dropped", resp: answer(500, nil), err: errors.New(`500 Internal Server Error: {"error":"x"}`),
+			want: "500 Internal Server Error"},
+		{name: "a long message is clipped to one line", resp: answer(422, nil), err: errors.New(strings.Repeat("bad\n", 100)),
+			want: "422 Unprocessable Entity: " + strings.TrimSpace(strings.Repeat("bad ", 50)) + "..."},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := forgejoError(tc.resp, tc.err, now)
+			if err == nil || err.Error() != tc.want {
+				t.Errorf("err = %q, want %q", err, tc.want)
+			}
+		})
+	}
+
+	if err := forgejoError(answer(429, http.Header{"Retry-After": {"4"}}), errors.New("rate limited"), now); err.(*APIError).RetryAfter != 4*time.Second {
+		t.Errorf("429 with Retry-After 4: %+v, want a 4s wait", err)
+	}
+	netErr := &url.Error{Op: "Post", URL: "https://codeberg.org/api/v1/", Err: io.EOF}
+	if err := forgejoError(nil, netErr, now); err != netErr {
+		t.Errorf("without an answer: err = %v, want the network error as is", err)
+	}
+	if err := forgejoError(answer(201, nil), errors.New("invalid character"), now); err != nil {
+		t.Errorf("a 201 with an unreadable body: err = %v, want nil (the status is stored)", err)
+	}
+}
