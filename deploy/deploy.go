@@ -1,0 +1,98 @@
+// Package deploy owns the deploy record, its state machine, the queue that
+// runs one deploy per target at a time, and the runner that walks a deploy
+// through fetch, build, activate and verify.
+package deploy
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/flakeship/flakeship/forge"
+)
+
+// Trigger says what started a deploy.
+type Trigger string
+
+// The triggers of a deploy.
+const (
+	TriggerPush     Trigger = "push"
+	TriggerManual   Trigger = "manual"
+	TriggerRollback Trigger = "rollback"
+	TriggerRetry    Trigger = "retry"
+)
+
+// Step is one pipeline step of a deploy with its timing.
+type Step struct {
+	Name       string     `json:"name"` // fetch, build, activate, verify
+	StartedAt  time.Time  `json:"started_at"`
+	FinishedAt *time.Time `json:"finished_at"`
+	OK         bool       `json:"ok"`
+}
+
+// Deploy is one deploy of one commit to one target: the JSON record of
+// DESIGN.md. Only Advance changes State.
+type Deploy struct {
+	ID           int64      `json:"id"`
+	Target       string     `json:"target"`
+	Forge        forge.Kind `json:"forge"`
+	Repo         string     `json:"repo"`
+	Branch       string     `json:"branch"`
+	SHA          string     `json:"sha"`
+	Trigger      Trigger    `json:"trigger"`
+	State        State      `json:"state"`
+	Generation   int        `json:"generation"` // profile generation it made current; 0 until activated
+	CreatedAt    time.Time  `json:"created_at"`
+	StartedAt    *time.Time `json:"started_at"`
+	FinishedAt   *time.Time `json:"finished_at"`
+	Steps        []Step     `json:"steps"`
+	Error        string     `json:"error"`
+	SupersededBy *int64     `json:"superseded_by"`
+	URL          string     `json:"url"`
+	Author       string     `json:"author,omitempty"`
+	Message      string     `json:"message,omitempty"`
+	Pusher       string     `json:"pusher,omitempty"`
+	DeliveryID   string     `json:"delivery_id,omitempty"`
+	OutPath      string     `json:"out_path,omitempty"`
+	RetryOf      *int64     `json:"retry_of,omitempty"`
+
+	// describeSHA names the other commit in the status description of a
+	// superseded or rolled back deploy ("Superseded by def5678"); it is only
+	// needed at the moment of that transition and is not stored.
+	describeSHA string
+}
+
+// ErrNotFound is returned by a Store for an unknown deploy.
+var ErrNotFound = errors.New("not found")
+
+// ErrDuplicateDelivery is returned by Store.Create when the delivery id was
+// stored before; the returned deploy id is the first delivery's.
+var ErrDuplicateDelivery = errors.New("duplicate delivery")
+
+// Filter selects deploys in Store.List. Zero fields select everything.
+type Filter struct {
+	Target string
+	State  State
+	Limit  int // 0: the store's default (50); capped at 1000
+}
+
+// Store records deploys durably. The deploy package defines it; package store
+// implements it on SQLite. Every method is safe for concurrent use.
+type Store interface {
+	// Create stores d as a new deploy, with its delivery id (if d.DeliveryID
+	// is not empty) in the same transaction, and sets d.ID. When the delivery
+	// id is known already it stores nothing and returns the first deploy's id
+	// with ErrDuplicateDelivery. When Create returns nil the deploy is durable.
+	Create(ctx context.Context, d *Deploy) error
+	// Update writes every field of d (found by d.ID).
+	Update(ctx context.Context, d *Deploy) error
+	// Get returns one deploy or ErrNotFound.
+	Get(ctx context.Context, id int64) (*Deploy, error)
+	// List returns deploys, newest (highest id) first.
+	List(ctx context.Context, f Filter) ([]*Deploy, error)
+	// Unfinished returns every deploy not in a terminal state, oldest first.
+	Unfinished(ctx context.Context) ([]*Deploy, error)
+	// LastSucceeded returns the newest succeeded deploy of a target, or
+	// ErrNotFound.
+	LastSucceeded(ctx context.Context, target string) (*Deploy, error)
+}
