@@ -1,0 +1,370 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/flakeship/flakeship/deploy"
+)
+
+// List limits (deploy.Filter.Limit).
+const (
+	defaultLimit = 50
+	maxLimit     = 1000
+)
+
+// timeFormat is RFC 3339 with all nine fraction digits: in UTC it has a fixed
+// width, so stored times sort as text, and it keeps every nanosecond.
+const timeFormat = "2006-01-02T15:04:05.000000000Z07:00"
+
+// deployColumns are the columns of a deploy, in the order scanDeploy reads.
+const deployColumns = `id, target, forge, repo, branch, sha, "trigger", state,
+	generation, created_at, started_at, finished_at, steps, error,
+	superseded_by, url, author, message, pusher, delivery_id, out_path,
+	retry_of`
+
+// insertDeploy and updateDeploy take the arguments of deployArgs (and
+// updateDeploy the id last).
+const (
+	insertDeploy = `INSERT INTO deploys (target, forge, repo, branch, sha,
+	"trigger", state, generation, created_at, started_at, finished_at, steps,
+	error, superseded_by, url, author, message, pusher, delivery_id, out_path,
+	retry_of)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	updateDeploy = `UPDATE deploys SET target = ?, forge = ?, repo = ?,
+	branch = ?, sha = ?, "trigger" = ?, state = ?, generation = ?,
+	created_at = ?, started_at = ?, finished_at = ?, steps = ?, error = ?,
+	superseded_by = ?, url = ?, author = ?, message = ?, pusher = ?,
+	delivery_id = ?, out_path = ?, retry_of = ?
+	WHERE id = ?`
+)
+
+// Create stores d as a new deploy and sets d.ID. If d.DeliveryID is set,
+// the delivery is recorded in the same transaction; if it was recorded
+// before for d's forge and target, Create stores nothing, sets d.ID to the
+// first deploy's id and returns an error that is deploy.ErrDuplicateDelivery.
+// Times are stored in UTC; d.URL is stored as given. d.State must be a
+// state deploy knows, and d.SupersededBy and d.RetryOf, when set, must name
+// stored deploys.
+func (s *Store) Create(ctx context.Context, d *deploy.Deploy) error {
+	if err := s.create(ctx, d); err != nil {
+		return fmt.Errorf("store: create deploy of %s@%s: %w", d.Target, short(d.SHA), err)
+	}
+	return nil
+}
+
+func (s *Store) create(ctx context.Context, d *deploy.Deploy) error {
+	args, err := deployArgs(d)
+	if err != nil {
+		return err
+	}
+	tx, err := s.write.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() // a no-op once committed
+
+	if d.DeliveryID != "" {
+		// The single writer and BEGIN IMMEDIATE make this look-up and the
+		// inserts below atomic; UNIQUE (forge, delivery_id, target) stands
+		// behind them.
+		var first int64
+		err := tx.QueryRowContext(ctx,
+			`SELECT deploy_id FROM deliveries WHERE forge = ? AND delivery_id = ? AND target = ?`,
+			string(d.Forge), d.DeliveryID, d.Target).Scan(&first)
+		switch {
+		case err == nil:
+			d.ID = first
+			return fmt.Errorf("%s delivery %q was stored as deploy %d: %w",
+				d.Forge, d.DeliveryID, first, deploy.ErrDuplicateDelivery)
+		case !errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("look up delivery %q: %w", d.DeliveryID, err)
+		}
+	}
+
+	res, err := tx.ExecContext(ctx, insertDeploy, args...)
+	if err != nil {
+		return err
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return err
+	}
+	if d.DeliveryID != "" {
+		// received_at is the deploy's creation: the deploy is made when the
+		// delivery arrives.
+		_, err := tx.ExecContext(ctx,
+			`INSERT INTO deliveries (forge, delivery_id, target, deploy_id, received_at) VALUES (?, ?, ?, ?, ?)`,
+			string(d.Forge), d.DeliveryID, d.Target, id, formatTime(d.CreatedAt))
+		if err != nil {
+			return fmt.Errorf("record delivery %q: %w", d.DeliveryID, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	d.ID = id
+	return nil
+}
+
+// Update writes every field of d to the deploy d.ID, or returns an error
+// that is deploy.ErrNotFound. It checks d as Create does. The deliveries
+// recorded by Create stay as they are.
+func (s *Store) Update(ctx context.Context, d *deploy.Deploy) error {
+	if err := s.update(ctx, d); err != nil {
+		return fmt.Errorf("store: update deploy %d: %w", d.ID, err)
+	}
+	return nil
+}
+
+func (s *Store) update(ctx context.Context, d *deploy.Deploy) error {
+	args, err := deployArgs(d)
+	if err != nil {
+		return err
+	}
+	res, err := s.write.ExecContext(ctx, updateDeploy, append(args, d.ID)...)
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return deploy.ErrNotFound
+	}
+	return nil
+}
+
+// Get returns the deploy id, or an error that is deploy.ErrNotFound.
+func (s *Store) Get(ctx context.Context, id int64) (*deploy.Deploy, error) {
+	row := s.read.QueryRowContext(ctx, `SELECT `+deployColumns+` FROM deploys WHERE id = ?`, id)
+	d, err := scanDeploy(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = deploy.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: get deploy %d: %w", id, err)
+	}
+	return d, nil
+}
+
+// List returns the deploys f selects, newest (highest id) first: at most
+// f.Limit, 50 if it is not positive, and never more than 1000.
+func (s *Store) List(ctx context.Context, f deploy.Filter) ([]*deploy.Deploy, error) {
+	limit := f.Limit
+	switch {
+	case limit <= 0:
+		limit = defaultLimit
+	case limit > maxLimit:
+		limit = maxLimit
+	}
+	var (
+		where []string
+		args  []any
+	)
+	// Only the conditions a filter sets, so SQLite can use an index for them.
+	if f.Target != "" {
+		where = append(where, "target = ?")
+		args = append(args, f.Target)
+	}
+	if f.State != "" {
+		where = append(where, "state = ?")
+		args = append(args, string(f.State))
+	}
+	q := `SELECT ` + deployColumns + ` FROM deploys`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	q += ` ORDER BY id DESC LIMIT ?`
+	args = append(args, limit)
+	ds, err := s.query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: list deploys (target %q, state %q): %w", f.Target, f.State, err)
+	}
+	return ds, nil
+}
+
+// Unfinished returns every deploy not in a terminal state, oldest first.
+func (s *Store) Unfinished(ctx context.Context) ([]*deploy.Deploy, error) {
+	// Create and Update store only known states, so "one of the states that
+	// are not terminal" is "not terminal", and it can use the state index.
+	var running []any
+	for _, st := range deploy.States() {
+		if !st.Terminal() {
+			running = append(running, string(st))
+		}
+	}
+	if len(running) == 0 {
+		return []*deploy.Deploy{}, nil
+	}
+	marks := strings.Repeat("?, ", len(running)-1) + "?"
+	ds, err := s.query(ctx,
+		`SELECT `+deployColumns+` FROM deploys WHERE state IN (`+marks+`) ORDER BY id`, running...)
+	if err != nil {
+		return nil, fmt.Errorf("store: list unfinished deploys: %w", err)
+	}
+	return ds, nil
+}
+
+// LastSucceeded returns the newest succeeded deploy of target, or an error
+// that is deploy.ErrNotFound.
+func (s *Store) LastSucceeded(ctx context.Context, target string) (*deploy.Deploy, error) {
+	row := s.read.QueryRowContext(ctx,
+		`SELECT `+deployColumns+` FROM deploys WHERE target = ? AND state = ? ORDER BY id DESC LIMIT 1`,
+		target, string(deploy.Succeeded))
+	d, err := scanDeploy(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = deploy.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: last succeeded deploy of %s: %w", target, err)
+	}
+	return d, nil
+}
+
+// query runs a SELECT of deployColumns on the reader pool. It returns an
+// empty slice, not nil, when nothing matches.
+func (s *Store) query(ctx context.Context, q string, args ...any) ([]*deploy.Deploy, error) {
+	rows, err := s.read.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	ds := []*deploy.Deploy{}
+	for rows.Next() {
+		d, err := scanDeploy(rows)
+		if err != nil {
+			return nil, err
+		}
+		ds = append(ds, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return ds, nil
+}
+
+// deployArgs are the column values of d for insertDeploy and updateDeploy.
+// It refuses a state deploy does not know: Unfinished relies on that.
+func deployArgs(d *deploy.Deploy) ([]any, error) {
+	if _, err := deploy.ParseState(string(d.State)); err != nil {
+		return nil, err
+	}
+	steps, err := encodeSteps(d.Steps)
+	if err != nil {
+		return nil, err
+	}
+	return []any{
+		d.Target, string(d.Forge), d.Repo, d.Branch, d.SHA,
+		string(d.Trigger), string(d.State), d.Generation,
+		formatTime(d.CreatedAt), formatTimePtr(d.StartedAt), formatTimePtr(d.FinishedAt),
+		steps, d.Error, int64Ptr(d.SupersededBy), d.URL,
+		d.Author, d.Message, d.Pusher, d.DeliveryID, d.OutPath,
+		int64Ptr(d.RetryOf),
+	}, nil
+}
+
+// scanDeploy reads one row of deployColumns.
+func scanDeploy(row interface{ Scan(...any) error }) (*deploy.Deploy, error) {
+	var (
+		d                     deploy.Deploy
+		createdAt, steps      string
+		startedAt, finishedAt sql.NullString
+		supersededBy, retryOf sql.NullInt64
+	)
+	err := row.Scan(&d.ID, &d.Target, &d.Forge, &d.Repo, &d.Branch, &d.SHA,
+		&d.Trigger, &d.State, &d.Generation, &createdAt, &startedAt, &finishedAt,
+		&steps, &d.Error, &supersededBy, &d.URL, &d.Author, &d.Message,
+		&d.Pusher, &d.DeliveryID, &d.OutPath, &retryOf)
+	if err != nil {
+		return nil, err
+	}
+	if d.CreatedAt, err = parseTime(createdAt); err != nil {
+		return nil, fmt.Errorf("deploy %d created_at: %w", d.ID, err)
+	}
+	if d.StartedAt, err = parseTimePtr(startedAt); err != nil {
+		return nil, fmt.Errorf("deploy %d started_at: %w", d.ID, err)
+	}
+	if d.FinishedAt, err = parseTimePtr(finishedAt); err != nil {
+		return nil, fmt.Errorf("deploy %d finished_at: %w", d.ID, err)
+	}
+	if err := json.Unmarshal([]byte(steps), &d.Steps); err != nil {
+		return nil, fmt.Errorf("deploy %d steps: %w", d.ID, err)
+	}
+	if supersededBy.Valid {
+		d.SupersededBy = &supersededBy.Int64
+	}
+	if retryOf.Valid {
+		d.RetryOf = &retryOf.Int64
+	}
+	return &d, nil
+}
+
+// encodeSteps is the JSON of steps with their times in UTC: "null" for no
+// steps, "[]" for an empty list, so both read back as they were.
+func encodeSteps(steps []deploy.Step) (string, error) {
+	var utc []deploy.Step
+	if steps != nil {
+		utc = make([]deploy.Step, len(steps))
+		for i, st := range steps {
+			st.StartedAt = st.StartedAt.UTC()
+			if st.FinishedAt != nil {
+				f := st.FinishedAt.UTC()
+				st.FinishedAt = &f
+			}
+			utc[i] = st
+		}
+	}
+	b, err := json.Marshal(utc)
+	if err != nil {
+		return "", fmt.Errorf("encode steps: %w", err)
+	}
+	return string(b), nil
+}
+
+func formatTime(t time.Time) string {
+	return t.UTC().Format(timeFormat)
+}
+
+func formatTimePtr(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return formatTime(*t)
+}
+
+func parseTime(s string) (time.Time, error) {
+	return time.Parse(time.RFC3339Nano, s)
+}
+
+func parseTimePtr(s sql.NullString) (*time.Time, error) {
+	if !s.Valid {
+		return nil, nil
+	}
+	t, err := parseTime(s.String)
+	if err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+func int64Ptr(p *int64) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+// short is the display form of a commit sha.
+func short(sha string) string {
+	if len(sha) > 7 {
+		return sha[:7]
+	}
+	return sha
+}
