@@ -1,0 +1,361 @@
+package builder
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/flakeship/flakeship/config"
+)
+
+// defaultHealthTimeout is Verify's limit when the Spec sets none.
+const defaultHealthTimeout = 30 * time.Second
+
+// Verify polls with a delay that starts at pollMin and doubles up to pollMax.
+const (
+	pollMin = 50 * time.Millisecond
+	pollMax = time.Second
+)
+
+// settle is how long a unit without a health URL must stay active before
+// Verify believes it: systemd calls a simple service active as soon as its
+// process is forked, even one that is about to crash.
+const settle = time.Second
+
+// NewSwitcher returns the Switcher of s.Activate: for "service", one that
+// sets the profile and restarts s.Unit; for "none", one that only sets the
+// profile. nix-env is taken from beside n's nix binary (see Nix). log
+// receives events an operator may want; command output goes to the log
+// writers of each call.
+func NewSwitcher(s Spec, n *Nix, log *slog.Logger) (Switcher, error) {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	switch s.Activate {
+	case config.ActivateService, config.ActivateNone:
+	case config.ActivateNixOS:
+		return nil, fmt.Errorf("target %s: nixos activation is not supported yet", s.Name)
+	default:
+		return nil, fmt.Errorf("target %s: unknown activation %q", s.Name, s.Activate)
+	}
+	p, err := newProfile(s.Profile, n.tool(s, "nix-env"))
+	if err != nil {
+		return nil, fmt.Errorf("target %s: %w", s.Name, err)
+	}
+	if s.Activate == config.ActivateNone {
+		return &profileSwitcher{profile: p}, nil
+	}
+
+	if err := config.ValidateUnit(s.Unit); err != nil {
+		return nil, fmt.Errorf("target %s: unit: %w", s.Name, err)
+	}
+	var scope []string
+	switch s.SystemdScope {
+	case config.ScopeSystem, "":
+	case config.ScopeUser:
+		scope = []string{"--user"}
+	default:
+		return nil, fmt.Errorf("target %s: unknown systemd scope %q", s.Name, s.SystemdScope)
+	}
+	var healthDisplay string
+	if s.HealthURL != "" {
+		if healthDisplay, err = parseHealthURL(s.HealthURL); err != nil {
+			return nil, fmt.Errorf("target %s: %w", s.Name, err)
+		}
+	}
+	timeout := s.HealthTimeout
+	if timeout <= 0 {
+		timeout = defaultHealthTimeout
+	}
+	return &serviceSwitcher{
+		profile:   p,
+		unit:      s.Unit,
+		scope:     scope,
+		healthURL: s.HealthURL,
+		health:    healthDisplay,
+		timeout:   timeout,
+		client:    newHealthClient(),
+		log:       log.With("target", s.Name, "unit", s.Unit),
+	}, nil
+}
+
+// profileSwitcher is activation "none": a build becomes a generation of the
+// profile and nothing runs it.
+type profileSwitcher struct {
+	profile profile
+}
+
+// Current implements Switcher.
+func (p *profileSwitcher) Current(ctx context.Context) (Generation, error) {
+	return p.profile.current()
+}
+
+// Switch implements Switcher.
+func (p *profileSwitcher) Switch(ctx context.Context, outPath string, log io.Writer) (Generation, error) {
+	g, err := p.profile.set(ctx, outPath, log)
+	if err != nil {
+		return Generation{}, err
+	}
+	fmt.Fprintf(log, "profile %s is at generation %d: %s\n", p.profile.path, g.Number, g.OutPath)
+	return g, nil
+}
+
+// Verify implements Switcher: there is nothing running to check.
+func (p *profileSwitcher) Verify(ctx context.Context, log io.Writer) error {
+	return nil
+}
+
+// Rollback implements Switcher.
+func (p *profileSwitcher) Rollback(ctx context.Context, to Generation, log io.Writer) error {
+	if err := p.profile.switchTo(ctx, to, log); err != nil {
+		return fmt.Errorf("rollback: %w", err)
+	}
+	fmt.Fprintf(log, "profile %s is back at generation %d: %s\n", p.profile.path, to.Number, to.OutPath)
+	return nil
+}
+
+// serviceSwitcher is activation "service": the unit runs what the profile
+// points at, and a switch is a new generation and a restart.
+type serviceSwitcher struct {
+	profile   profile
+	unit      string
+	scope     []string // systemctl flags of the scope: none, or --user
+	healthURL string
+	health    string // healthURL to show: without a password
+	timeout   time.Duration
+	client    *http.Client
+	log       *slog.Logger
+}
+
+// Current implements Switcher.
+func (s *serviceSwitcher) Current(ctx context.Context) (Generation, error) {
+	return s.profile.current()
+}
+
+// Switch implements Switcher. If the profile was set but the unit would not
+// restart, it returns the new generation with the error, so the caller
+// knows the profile moved and can roll back.
+func (s *serviceSwitcher) Switch(ctx context.Context, outPath string, log io.Writer) (Generation, error) {
+	g, err := s.profile.set(ctx, outPath, log)
+	if err != nil {
+		return Generation{}, err
+	}
+	fmt.Fprintf(log, "profile %s is at generation %d: %s\n", s.profile.path, g.Number, g.OutPath)
+	return g, s.restart(ctx, log)
+}
+
+// Verify implements Switcher. It polls until the unit is active and then,
+// if a health URL is set, until that answers 2xx while the unit is still
+// active; without one, the unit must stay active for a moment (settle). It
+// gives up early when the unit fails, writing its status to log.
+func (s *serviceSwitcher) Verify(ctx context.Context, log io.Writer) error {
+	waitCtx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	v := verification{start: time.Now(), last: "no answer yet"}
+	fmt.Fprintf(log, "waiting for %s to become active\n", s.unit)
+	delay := pollMin
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-waitCtx.Done():
+			if ctx.Err() != nil {
+				return fmt.Errorf("verify %s: %w", s.unit, ctx.Err())
+			}
+			err := fmt.Errorf("%s not healthy after %s: %s", s.unit, s.timeout, v.last)
+			fmt.Fprintf(log, "%v; its status:\n", err)
+			s.writeStatus(ctx, log)
+			return err
+		case <-timer.C:
+		}
+		seen, done, err := s.check(waitCtx, log, &v)
+		if done {
+			return err
+		}
+		if seen != "" && seen != v.last {
+			fmt.Fprintln(log, seen)
+			v.last = seen
+		}
+		timer.Reset(delay)
+		delay = min(2*delay, pollMax)
+	}
+}
+
+// verification is what one Verify has seen so far.
+type verification struct {
+	start       time.Time
+	last        string    // the latest observation, logged when it changes
+	activeSince time.Time // when the unit was first seen active (no health URL)
+}
+
+// check looks once. It returns what it saw, or done and Verify's result.
+// An error of a check cut short by ctx is not final: Verify's loop reports
+// the timeout or cancellation.
+func (s *serviceSwitcher) check(ctx context.Context, log io.Writer, v *verification) (seen string, done bool, err error) {
+	state, err := s.probe(ctx, "is-active")
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return "", false, nil
+	case err != nil:
+		return "", true, fmt.Errorf("verify %s: %w", s.unit, err)
+	case state == "failed":
+		fmt.Fprintf(log, "%s failed after %s; its status:\n", s.unit, since(v.start))
+		s.writeStatus(ctx, log)
+		return "", true, fmt.Errorf("%s failed after %s", s.unit, since(v.start))
+	case state != "active":
+		v.activeSince = time.Time{}
+		return s.unit + " is " + state, false, nil
+	case s.healthURL == "":
+		if v.activeSince.IsZero() {
+			v.activeSince = time.Now()
+		}
+		if time.Since(v.activeSince) < min(settle, s.timeout/2) {
+			return s.unit + " is active", false, nil
+		}
+		fmt.Fprintf(log, "%s is active after %s\n", s.unit, since(v.start))
+		return "", true, nil
+	}
+
+	code, err := checkHealth(ctx, s.client, s.healthURL, s.health)
+	if err != nil {
+		return err.Error(), false, nil
+	}
+	// It answered: make sure that was not the last breath of a process on
+	// its way down.
+	state, err = s.probe(ctx, "is-active")
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return "", false, nil
+	case err != nil:
+		return "", true, fmt.Errorf("verify %s: %w", s.unit, err)
+	case state != "active":
+		return fmt.Sprintf("%s is %s after health answered %d", s.unit, state, code), false, nil
+	}
+	fmt.Fprintf(log, "health %s answered %d after %s\n", s.health, code, since(v.start))
+	return "", true, nil
+}
+
+// Rollback implements Switcher: it switches the profile back to generation
+// to, restarts the unit and verifies it again, so the error says whether
+// even the rolled-back build is unhealthy.
+func (s *serviceSwitcher) Rollback(ctx context.Context, to Generation, log io.Writer) error {
+	fmt.Fprintf(log, "rolling back %s to generation %d: %s\n", s.unit, to.Number, to.OutPath)
+	if err := s.profile.switchTo(ctx, to, log); err != nil {
+		return fmt.Errorf("rollback: %w", err)
+	}
+	if err := s.restart(ctx, log); err != nil {
+		return fmt.Errorf("rollback: %w", err)
+	}
+	if err := s.Verify(ctx, log); err != nil {
+		return fmt.Errorf("rollback: %w", err)
+	}
+	return nil
+}
+
+// restart restarts the unit. systemd refuses a start beyond the unit's
+// StartLimitBurst (5 in 10s by default) and leaves it failed, so a burst of
+// deploys and rollbacks could leave the service down: a failed unit gets
+// reset-failed (which also clears the start count) first, and a restart
+// refused for the start limit is retried once after reset-failed. Both
+// are written to log when they happen.
+func (s *serviceSwitcher) restart(ctx context.Context, log io.Writer) error {
+	state, err := s.probe(ctx, "is-failed")
+	if err != nil {
+		return fmt.Errorf("restart %s: %w", s.unit, err)
+	}
+	if state == "failed" {
+		fmt.Fprintf(log, "unit %s was in failed state; reset-failed before restart\n", s.unit)
+		s.log.Info("unit was in failed state; reset-failed before restart")
+		if err := s.systemctl(ctx, log, "reset-failed"); err != nil {
+			return fmt.Errorf("restart %s: %w", s.unit, err)
+		}
+	}
+	fmt.Fprintf(log, "restarting %s\n", s.unit)
+	err = s.systemctl(ctx, log, "restart")
+	if err == nil || ctx.Err() != nil {
+		return wrapIf(err, "restart "+s.unit)
+	}
+	result, rerr := s.probe(ctx, "show", "--property=Result", "--value")
+	if rerr != nil || result != "start-limit-hit" {
+		return fmt.Errorf("restart %s: %w", s.unit, err)
+	}
+	fmt.Fprintf(log, "unit %s hit its start limit; reset-failed and restarting again\n", s.unit)
+	s.log.Warn("unit hit its start limit; reset-failed and restarting again")
+	if err := s.systemctl(ctx, log, "reset-failed"); err != nil {
+		return fmt.Errorf("restart %s: %w", s.unit, err)
+	}
+	return wrapIf(s.systemctl(ctx, log, "restart"), "restart "+s.unit)
+}
+
+// systemctl runs `systemctl [--user] <verb> <unit>`, its output to log.
+func (s *serviceSwitcher) systemctl(ctx context.Context, log io.Writer, verb string) error {
+	args := append(append([]string(nil), s.scope...), verb, s.unit)
+	return wrapIf(runCommand(ctx, log, "systemctl", args...), "systemctl "+verb)
+}
+
+// probe runs `systemctl [--user] <verb> [flags...] <unit>` and returns its
+// output, trimmed. Its exit status is not an error: is-active and is-failed
+// answer with it as well as with the word they print.
+func (s *serviceSwitcher) probe(ctx context.Context, verb string, flags ...string) (string, error) {
+	args := append(append(append([]string(nil), s.scope...), verb), flags...)
+	var stderr bytes.Buffer
+	out, err := outputCommand(ctx, &stderr, "systemctl", append(args, s.unit)...)
+	answer := strings.TrimSpace(string(out))
+	var exit *exec.ExitError
+	if err != nil && !(errors.As(err, &exit) && answer != "") {
+		if msg := firstLine(stderr.String()); msg != "" {
+			return "", fmt.Errorf("systemctl %s: %w: %s", verb, err, msg)
+		}
+		return "", fmt.Errorf("systemctl %s: %w", verb, err)
+	}
+	return answer, nil
+}
+
+// writeStatus writes the unit's `systemctl status` to log: its state and
+// its last lines of output where the manager has a journal.
+func (s *serviceSwitcher) writeStatus(ctx context.Context, log io.Writer) {
+	if ctx.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	args := append(append([]string(nil), s.scope...), "status", "--no-pager", "--lines=20", s.unit)
+	// status exits non-zero for any unit that is not running; what it
+	// printed is all that matters here.
+	if err := runCommand(ctx, log, "systemctl", args...); err != nil {
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) {
+			fmt.Fprintf(log, "systemctl status: %v\n", err)
+		}
+	}
+}
+
+// wrapIf wraps err with op, and is nil for a nil err.
+func wrapIf(err error, op string) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// firstLine is the first non-empty line of s, trimmed.
+func firstLine(s string) string {
+	for _, line := range strings.Split(s, "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			return line
+		}
+	}
+	return ""
+}
+
+// since is the time since start for a log line: 1.234s.
+func since(start time.Time) time.Duration {
+	return time.Since(start).Round(time.Millisecond)
+}

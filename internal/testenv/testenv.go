@@ -1,0 +1,80 @@
+// Package testenv lets tests that need real programs (git, nix, a systemd
+// user manager) say so: they skip with the reason on a machine without them,
+// unless FLAKESHIP_TEST_REQUIRE lists them (as scripts/test does), and then a
+// missing program fails the test with a hint instead of hiding behind a skip.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Require skips t unless every named part is available: "git", "nix" or
+// "systemd" (a user manager reachable through XDG_RUNTIME_DIR). If
+// FLAKESHIP_TEST_REQUIRE lists a part (comma-separated, or "all"), its
+// absence fails t instead.
+func Require(t testing.TB, parts ...string) {
+	t.Helper()
+	for _, p := range parts {
+		why := missing(p)
+		if why == "" {
+			continue
+		}
+		if required(p) {
+			t.Fatalf("%s is required (FLAKESHIP_TEST_REQUIRE) but %s; run the tests with scripts/test, which installs and starts it", p, why)
+		}
+		t.Skipf("skipping: %s (run scripts/test to run this test)", why)
+	}
+}
+
+func required(part string) bool {
+	for _, r := range strings.Split(os.Getenv("FLAKESHIP_TEST_REQUIRE"), ",") {
+		if r = strings.TrimSpace(r); r == part || r == "all" {
+			return true
+		}
+	}
+	return false
+}
+
+func missing(part string) string {
+	switch part {
+	case "git", "nix":
+		if _, err := exec.LookPath(part); err != nil {
+			return part + " is not on PATH"
+		}
+	case "systemd":
+		dir := os.Getenv("XDG_RUNTIME_DIR")
+		if dir == "" {
+			return "no systemd user manager (XDG_RUNTIME_DIR is not set; see scripts/with-systemd)"
+		}
+		if _, err := os.Stat(filepath.Join(dir, "systemd", "private")); err != nil {
+			return "no systemd user manager at " + dir + " (see scripts/with-systemd)"
+		}
+	default:
+		return "unknown test requirement " + part
+	}
+	return ""
+}
+
+// NixFlags are the flags every test passes to nix: flakes on, no network
+// substituters, so a test flake builds offline in a second.
+func NixFlags() []string {
+	return []string{
+		"--extra-experimental-features", "nix-command flakes",
+		"--option", "substituters", "",
+	}
+}
+
+// System is the nix system string of this machine, e.g. "x86_64-linux".
+func System(t testing.TB) string {
+	t.Helper()
+	args := append(NixFlags(), "eval", "--impure", "--raw", "--expr", "builtins.currentSystem")
+	out, err := exec.Command("nix", args...).Output()
+	if err != nil {
+		t.Fatalf("nix eval builtins.currentSystem: %v", err)
+	}
+	return strings.TrimSpace(string(out))
+}
