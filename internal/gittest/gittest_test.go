@@ -1,0 +1,194 @@
+package gittest_test
+
+import (
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/flakeship/flakeship/internal/gittest"
+	"github.com/flakeship/flakeship/internal/testenv"
+)
+
+// gitOutput runs the real git CLI as a client of the server would, isolated
+// from the machine's configuration.
+func gitOutput(t *testing.T, dir string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), "git", args...)
+	cmd.Dir = dir
+	cmd.Env = []string{
+		"PATH=" + lookPathDir(t),
+		"HOME=" + t.TempDir(),
+		"GIT_CONFIG_NOSYSTEM=1",
+		"GIT_TERMINAL_PROMPT=0",
+	}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func lookPathDir(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("git")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Dir(p)
+}
+
+func TestGitServerServesPushedCommits(t *testing.T) {
+	testenv.Require(t, "git")
+	srv := gittest.NewServer(t)
+	repo := srv.NewRepo(t, "app")
+
+	// A---B  main
+	a := repo.Commit(t, "A", map[string]string{"README": "a\n"})
+	b := repo.Commit(t, "B", map[string]string{"dir/file.txt": "b\n"})
+	repo.Push(t, "main")
+	if a == b || len(b) != 40 {
+		t.Fatalf("commits: A=%s B=%s, want two different full hashes", a, b)
+	}
+	if got := repo.Head(t); got != b {
+		t.Fatalf("Head = %s, want %s", got, b)
+	}
+
+	out, err := gitOutput(t, "", "ls-remote", srv.URL("app"), "refs/heads/main")
+	if err != nil {
+		t.Fatalf("git ls-remote: %v\n%s", err, out)
+	}
+	if want := b + "\trefs/heads/main\n"; out != want {
+		t.Fatalf("ls-remote = %q, want %q", out, want)
+	}
+
+	clone := filepath.Join(t.TempDir(), "clone")
+	if out, err := gitOutput(t, "", "-c", "protocol.version=2", "clone", "--quiet", srv.URL("app"), clone); err != nil {
+		t.Fatalf("git clone: %v\n%s", err, out)
+	}
+	out, err = gitOutput(t, clone, "log", "--format=%H %an <%ae> %s")
+	if err != nil {
+		t.Fatalf("git log: %v\n%s", err, out)
+	}
+	want := b + " flakeship test <test@flakeship.invalid> B\n" + a + " flakeship test <test@flakeship.invalid> A\n"
+	if out != want {
+		t.Fatalf("log of the clone:\n%s\nwant:\n%s", out, want)
+	}
+	if srv.Requests() == 0 {
+		t.Fatal("Requests() = 0 after a clone")
+	}
+}
+
+func TestGitRepoBranchesAndRewrites(t *testing.T) {
+	testenv.Require(t, "git")
+	srv := gittest.NewServer(t)
+	repo := srv.NewRepo(t, "app")
+
+	// A---B  main
+	//      \
+	//       C  feature
+	a := repo.Commit(t, "A", nil)
+	b := repo.Commit(t, "B", nil)
+	repo.Push(t, "main")
+	repo.Checkout(t, "feature")
+	c := repo.Commit(t, "C", map[string]string{"f": "c"})
+	repo.Push(t, "feature")
+	repo.Checkout(t, "main")
+	if got := repo.Head(t); got != b {
+		t.Fatalf("after checking out main, Head = %s, want B %s", got, b)
+	}
+
+	// A  main (force-pushed; B is gone)
+	//  \
+	//   B---C  feature
+	repo.Reset(t, a)
+	repo.Push(t, "main")
+
+	for branch, want := range map[string]string{"main": a, "feature": c} {
+		out, err := gitOutput(t, "", "--git-dir", repo.Bare, "rev-parse", "refs/heads/"+branch)
+		if err != nil {
+			t.Fatalf("rev-parse %s: %v\n%s", branch, err, out)
+		}
+		if got := strings.TrimSpace(out); got != want {
+			t.Errorf("bare %s = %s, want %s", branch, got, want)
+		}
+	}
+}
+
+func TestGitServerBasicAuth(t *testing.T) {
+	testenv.Require(t, "git")
+	srv := gittest.NewServer(t, gittest.WithBasicAuth("user", "s3cret"))
+	repo := srv.NewRepo(t, "private")
+	repo.Commit(t, "A", nil)
+	repo.Push(t, "main")
+	infoRefs := srv.URL("private") + "/info/refs?service=git-upload-pack"
+
+	tests := []struct {
+		name       string
+		user, pass string
+		auth       bool
+		want       int
+	}{
+		{name: "right credentials are served", user: "user", pass: "s3cret", auth: true, want: http.StatusOK},
+		{name: "a wrong password is refused", user: "user", pass: "wrong", auth: true, want: http.StatusUnauthorized},
+		{name: "a wrong user is refused", user: "other", pass: "s3cret", auth: true, want: http.StatusUnauthorized},
+		{name: "no credentials are refused", want: http.StatusUnauthorized},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, infoRefs, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.auth {
+				req.SetBasicAuth(tc.user, tc.pass)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("status = %d, want %d", resp.StatusCode, tc.want)
+			}
+			if tc.want == http.StatusUnauthorized && resp.Header.Get("WWW-Authenticate") == "" {
+				t.Fatal("401 without WWW-Authenticate")
+			}
+		})
+	}
+
+	t.Run("git clones with the credentials in the URL", func(t *testing.T) {
+		u := strings.Replace(srv.URL("private"), "http://", "http://user:s3cret@", 1)
+		if out, err := gitOutput(t, "", "clone", "--quiet", u, filepath.Join(t.TempDir(), "c")); err != nil {
+			t.Fatalf("git clone: %v\n%s", err, out)
+		}
+	})
+}
+
+func TestGitServerFailsOnDemand(t *testing.T) {
+	testenv.Require(t, "git")
+	srv := gittest.NewServer(t)
+	repo := srv.NewRepo(t, "app")
+	repo.Commit(t, "A", nil)
+	repo.Push(t, "main")
+	infoRefs := srv.URL("app") + "/info/refs?service=git-upload-pack"
+
+	get := func(t *testing.T) int {
+		t.Helper()
+		resp, err := http.Get(infoRefs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	srv.SetFailing(http.StatusInternalServerError)
+	if got := get(t); got != http.StatusInternalServerError {
+		t.Fatalf("failing server answered %d, want 500", got)
+	}
+	srv.SetFailing(0)
+	if got := get(t); got != http.StatusOK {
+		t.Fatalf("restored server answered %d, want 200", got)
+	}
+	if got := srv.Requests(); got != 2 {
+		t.Fatalf("Requests() = %d, want 2", got)
+	}
+}
