@@ -1,0 +1,98 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/gofiber/fiber/v2"
+)
+
+// Errors of a webhook delivery that callers branch on.
+var (
+	// ErrSignature means the delivery's HMAC signature is missing, not in
+	// the forge's format, or does not match the body under the secret.
+	ErrSignature = errors.New("signature does not match")
+	// ErrMalformed means the delivery is signed but cannot be used: a
+	// required header is missing or the payload is not what the forge sends.
+	// It is wrapped with the reason.
+	ErrMalformed = errors.New("malformed delivery")
+)
+
+// IgnoredError says a delivery is valid but asks for no deploy: a ping, a
+// tag push, a branch deletion, another event. It is answered 200.
+type IgnoredError struct {
+	Reason string // short, for the answer and the log: "tag push"
+}
+
+// Error implements error.
+func (e *IgnoredError) Error() string { return "ignored: " + e.Reason }
+
+// ignored returns an *IgnoredError with the given reason.
+func ignored(format string, args ...any) error {
+	return &IgnoredError{Reason: fmt.Sprintf(format, args...)}
+}
+
+// malformed wraps ErrMalformed with what is wrong with which field.
+func malformed(field string, err error) error {
+	return fmt.Errorf("%w: %s: %v", ErrMalformed, field, err)
+}
+
+// httpError is the one place that turns an error into an HTTP status and the
+// short message a client may read. Known errors get their code; anything else
+// is a 500 whose details stay in the log (internal is true).
+func (s *Server) httpError(err error) (status int, msg string, internal bool) {
+	var ign *IgnoredError
+	var fe *fiber.Error
+	switch {
+	case errors.As(err, &ign):
+		return http.StatusOK, ign.Reason, false
+	case errors.Is(err, ErrSignature):
+		// The wrapped text names only header names and formats, never a
+		// MAC or the secret.
+		return http.StatusUnauthorized, err.Error(), false
+	case errors.Is(err, ErrMalformed):
+		return http.StatusBadRequest, err.Error(), false
+	case errors.As(err, &fe):
+		switch fe.Code {
+		case http.StatusRequestEntityTooLarge:
+			return fe.Code, fmt.Sprintf("body exceeds %d bytes", s.bodyLimit), false
+		case http.StatusRequestTimeout:
+			return fe.Code, fmt.Sprintf("request did not arrive whole within %s", s.readTimeout), false
+		}
+		if fe.Code >= 400 && fe.Code < 500 {
+			// fiber's own texts ("Cannot GET /x") echo the request; the
+			// status text says the same without it.
+			return fe.Code, strings.ToLower(http.StatusText(fe.Code)), false
+		}
+	}
+	return http.StatusInternalServerError, "internal error", true
+}
+
+// writeError answers err as JSON {"error": msg} (or {"ignored": reason}) and
+// logs it: internal errors at Error with their details, nothing else (the
+// caller logs what it rejects, with the delivery's identity).
+func (s *Server) writeError(c *fiber.Ctx, log *slog.Logger, err error) error {
+	status, msg, internal := s.httpError(err)
+	if internal {
+		log.Error("request failed", "method", c.Method(), "path", c.Path(), "err", err)
+	}
+	if status == http.StatusOK {
+		return c.Status(status).JSON(fiber.Map{"ignored": msg})
+	}
+	return c.Status(status).JSON(fiber.Map{"error": msg})
+}
+
+// handleError is fiber's ErrorHandler: errors returned by handlers and those
+// fasthttp meets before a handler runs (body too large, read timeout,
+// unparsable request) all go through httpError.
+func (s *Server) handleError(c *fiber.Ctx, err error) error {
+	status, _, _ := s.httpError(err)
+	switch status {
+	case http.StatusRequestEntityTooLarge, http.StatusRequestTimeout:
+		s.log.Warn("request rejected", "method", c.Method(), "path", c.Path(), "status", status)
+	}
+	return s.writeError(c, s.log, err)
+}

@@ -1,0 +1,340 @@
+// Package server is flakeship's HTTP side: the forge webhooks under /hooks/,
+// which turn a signed delivery into a queued deploy, and /healthz. github.go
+// and forgejo.go turn a raw delivery into a forge.PushEvent; errors.go maps
+// every error to its HTTP answer.
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/recover"
+
+	"github.com/flakeship/flakeship/config"
+	"github.com/flakeship/flakeship/deploy"
+	"github.com/flakeship/flakeship/forge"
+)
+
+const (
+	// defaultReadTimeout is how long a whole request (headers and body) may
+	// take to arrive. fasthttp sets one read deadline before it reads the
+	// headers and keeps it while it reads the body, so a body trickled a
+	// byte at a time is cut off at this bound and answered 408.
+	defaultReadTimeout = 10 * time.Second
+	// writeTimeout bounds writing one answer.
+	writeTimeout = 10 * time.Second
+	// idleTimeout is how long a kept-alive connection may wait for its next
+	// request.
+	idleTimeout = 60 * time.Second
+	// submitTimeout bounds storing a deploy: forges give up on a delivery
+	// after about 10 s.
+	submitTimeout = 5 * time.Second
+	// defaultBodyLimit applies when the configuration sets none.
+	defaultBodyLimit = 25 << 20
+)
+
+// Options are what New needs.
+type Options struct {
+	Config   *config.Config // required
+	Deployer Deployer       // required
+	Log      *slog.Logger   // nil discards the log
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// ReadTimeout is how long a whole request may take to arrive; zero
+	// means 10 s, what DESIGN.md promises. Tests shorten it.
+	ReadTimeout time.Duration
+}
+
+// Server is flakeship's HTTP server.
+type Server struct {
+	cfg         *config.Config
+	deployer    Deployer
+	log         *slog.Logger
+	now         func() time.Time
+	bodyLimit   int
+	readTimeout time.Duration
+	app         *fiber.App
+}
+
+// New builds the server and its routes. It does not listen: call Listen.
+func New(opts Options) *Server {
+	s := &Server{
+		cfg:         opts.Config,
+		deployer:    opts.Deployer,
+		log:         opts.Log,
+		now:         opts.Now,
+		bodyLimit:   opts.Config.BodyLimit,
+		readTimeout: opts.ReadTimeout,
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.bodyLimit <= 0 {
+		s.bodyLimit = defaultBodyLimit
+	}
+	if s.readTimeout <= 0 {
+		s.readTimeout = defaultReadTimeout
+	}
+	s.app = fiber.New(fiber.Config{
+		// fasthttp refuses a body over the limit from Content-Length,
+		// before reading it, and the ErrorHandler answers 413.
+		BodyLimit:             s.bodyLimit,
+		ReadTimeout:           s.readTimeout,
+		WriteTimeout:          writeTimeout,
+		IdleTimeout:           idleTimeout,
+		DisableStartupMessage: true,
+		// Nothing here takes multipart bodies; pre-parsing one could
+		// spill a large body into temporary files.
+		DisablePreParseMultipartForm: true,
+		ErrorHandler:                 s.handleError,
+	})
+	s.routes(s.app)
+	return s
+}
+
+// routes is the one place where routes are set up.
+func (s *Server) routes(app *fiber.App) {
+	// A panic in a handler becomes an error, answered 500 and logged.
+	app.Use(recover.New())
+
+	app.Post("/hooks/github", s.hook(forge.GitHub, githubHeaders, parseGitHub))
+	forgejo := s.hook(forge.Forgejo, forgejoHeaders, parseForgejo)
+	app.Post("/hooks/forgejo", forgejo)
+	app.Post("/hooks/gitea", forgejo)
+
+	app.Get("/healthz", func(c *fiber.Ctx) error {
+		return c.JSON(fiber.Map{"status": "ok"})
+	})
+	// Unmatched paths reach handleError as fiber's 404, and a known path
+	// with another method as its 405.
+}
+
+// App returns the fiber app, for tests and for routes added before Listen.
+func (s *Server) App() *fiber.App { return s.app }
+
+// Listen serves on ln until Shutdown.
+func (s *Server) Listen(ln net.Listener) error {
+	if err := s.app.Listener(ln); err != nil {
+		return fmt.Errorf("serve http: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops accepting connections and waits, until ctx ends, for the
+// open ones to finish.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if err := s.app.ShutdownWithContext(ctx); err != nil {
+		return fmt.Errorf("shut down http: %w", err)
+	}
+	return nil
+}
+
+// headersFunc returns a delivery's event and delivery id (githubHeaders,
+// forgejoHeaders).
+type headersFunc func(h http.Header) (event, deliveryID string, err error)
+
+// parseFunc turns a delivery into a push (parseGitHub, parseForgejo).
+type parseFunc func(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error)
+
+// hook returns the webhook handler of one forge.
+func (s *Server) hook(kind forge.Kind, headers headersFunc, parse parseFunc) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		return s.handleHook(c, kind, headers, parse)
+	}
+}
+
+// handleHook answers one delivery: it finds the targets of the delivery's
+// repository, verifies the signature with their secrets, and submits a
+// deploy for each target of the pushed branch. The deploy is stored before
+// the answer, and no work outlives the handler.
+func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headers headersFunc, parse parseFunc) error {
+	start := s.now()
+	// The raw bytes, as signed: c.Body() would decode a Content-Encoding.
+	// Cloned because fasthttp reuses the buffer once the handler returns.
+	body := bytes.Clone(c.Request().Body())
+	h := requestHeader(c)
+	log := s.log.With("forge", kind)
+
+	event, deliveryID, err := headers(h)
+	if err != nil {
+		return s.refuse(c, log, err)
+	}
+	log = log.With("delivery_id", deliveryID, "event", clip(event))
+
+	repo, err := repoOf(body)
+	if err != nil {
+		if strings.HasPrefix(string(c.Request().Header.ContentType()), "application/x-www-form-urlencoded") {
+			err = fmt.Errorf("%w: the webhook's content type must be application/json", ErrMalformed)
+		}
+		return s.refuse(c, log, err)
+	}
+	if repo == "" {
+		return s.refuse(c, log, ignored("no repository in payload"))
+	}
+	log = log.With("repo", repo)
+	targets := s.targetsFor(kind, repo)
+	if len(targets) == 0 {
+		return s.refuse(c, log, ignored("unknown repository %s", repo))
+	}
+
+	ev, verified, err := parseFor(h, body, targets, parse)
+	if err != nil {
+		return s.refuse(c, log, err)
+	}
+	log = log.With("branch", ev.Branch, "sha", short(ev.SHA))
+	var deploying []config.Target
+	for _, t := range verified {
+		if t.Branch == ev.Branch {
+			deploying = append(deploying, t)
+		}
+	}
+	if len(deploying) == 0 {
+		return s.refuse(c, log, ignored("branch %s is not deployed", ev.Branch))
+	}
+
+	// Not fiber's context: the deploy must be stored whole even if the
+	// forge hangs up, and nothing may keep the request's context.
+	ctx, cancel := context.WithTimeout(context.Background(), submitTimeout)
+	defer cancel()
+	var results []submitted
+	for _, t := range deploying {
+		d, duplicate, err := s.deployer.SubmitPush(ctx, t.Name, ev)
+		if err == nil && d == nil {
+			err = errors.New("no deploy returned")
+		}
+		if err != nil {
+			return s.writeError(c, log.With("target", t.Name), fmt.Errorf("submit push to %s: %w", t.Name, err))
+		}
+		log.Info("delivery accepted", "target", t.Name, "deploy_id", d.ID,
+			"duplicate", duplicate, "duration", s.now().Sub(start))
+		results = append(results, submitted{target: t.Name, deploy: d, duplicate: duplicate})
+	}
+	status, answer := answerFor(results)
+	return c.Status(status).JSON(answer)
+}
+
+// refuse answers a delivery that deploys nothing: ignored ones are logged at
+// Info, rejected ones at Warn.
+func (s *Server) refuse(c *fiber.Ctx, log *slog.Logger, err error) error {
+	var ign *IgnoredError
+	if errors.As(err, &ign) {
+		log.Info("delivery ignored", "reason", ign.Reason)
+	} else {
+		log.Warn("delivery rejected", "err", err)
+	}
+	return s.writeError(c, log, err)
+}
+
+// targetsFor returns the configured targets of a forge's repository. Forges
+// treat owner and name case-insensitively, and so does this.
+func (s *Server) targetsFor(kind forge.Kind, repo string) []config.Target {
+	var ts []config.Target
+	for _, t := range s.cfg.Targets {
+		k, err := forge.ParseKind(t.Forge)
+		if err != nil || k != kind || !strings.EqualFold(t.Repo, repo) {
+			continue
+		}
+		ts = append(ts, t)
+	}
+	return ts
+}
+
+// parseFor parses a delivery with the secret of each target of its
+// repository and returns the push with the targets whose secret verifies it.
+// If none does, it returns the signature error. A delivery that verifies but
+// is ignored or malformed is so for every secret that verifies it, so that
+// error is returned at once.
+func parseFor(h http.Header, body []byte, targets []config.Target, parse parseFunc) (forge.PushEvent, []config.Target, error) {
+	var (
+		ev       forge.PushEvent
+		verified []config.Target
+		sigErr   error
+	)
+	for _, t := range targets {
+		e, err := parse(h, body, t.WebhookSecret)
+		switch {
+		case errors.Is(err, ErrSignature):
+			if sigErr == nil {
+				sigErr = err
+			}
+		case err != nil:
+			return forge.PushEvent{}, nil, err
+		default:
+			ev = e
+			verified = append(verified, t)
+		}
+	}
+	if len(verified) == 0 {
+		return forge.PushEvent{}, nil, sigErr
+	}
+	return ev, verified, nil
+}
+
+// submitted is one deploy a delivery asked for.
+type submitted struct {
+	target    string
+	deploy    *deploy.Deploy
+	duplicate bool
+}
+
+// hookAnswer is the JSON answer to a delivery that deploys.
+type hookAnswer struct {
+	DeployID  int64       `json:"deploy_id"`
+	Status    string      `json:"status"`
+	URL       string      `json:"url"`
+	Duplicate bool        `json:"duplicate,omitempty"`
+	Deploys   []deployRef `json:"deploys,omitempty"` // when several targets deploy the push
+}
+
+// deployRef names one of several deploys of a push.
+type deployRef struct {
+	Target    string `json:"target"`
+	DeployID  int64  `json:"deploy_id"`
+	URL       string `json:"url"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+}
+
+// answerFor builds the answer to a delivery from its deploys (at least one):
+// 202 with the first new deploy, or, when every one was stored before for
+// this delivery id, 200 with the first one's id and current state.
+func answerFor(results []submitted) (int, hookAnswer) {
+	status, first := http.StatusOK, results[0]
+	for _, r := range results {
+		if !r.duplicate {
+			status, first = http.StatusAccepted, r
+			break
+		}
+	}
+	a := hookAnswer{DeployID: first.deploy.ID, Status: string(deploy.Queued), URL: first.deploy.URL}
+	if first.duplicate {
+		a.Status, a.Duplicate = string(first.deploy.State), true
+	}
+	if len(results) > 1 {
+		for _, r := range results {
+			a.Deploys = append(a.Deploys, deployRef{Target: r.target, DeployID: r.deploy.ID, URL: r.deploy.URL, Duplicate: r.duplicate})
+		}
+	}
+	return status, a
+}
+
+// requestHeader copies the request's headers into an http.Header (names in
+// canonical form) for the parse functions, which know nothing of fiber.
+func requestHeader(c *fiber.Ctx) http.Header {
+	h := make(http.Header)
+	c.Request().Header.VisitAll(func(k, v []byte) {
+		h.Add(string(k), string(v))
+	})
+	return h
+}
