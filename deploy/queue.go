@@ -1,0 +1,460 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/flakeship/flakeship/builder"
+	"github.com/flakeship/flakeship/config"
+	"github.com/flakeship/flakeship/forge"
+	"github.com/flakeship/flakeship/notifier"
+)
+
+// Fetcher fetches one commit of a target (builder.Fetcher).
+type Fetcher interface {
+	Fetch(ctx context.Context, s builder.Spec, sha string, log io.Writer) (builder.Checkout, error)
+}
+
+// Builder builds a fetched commit (builder.Nix).
+type Builder interface {
+	Build(ctx context.Context, s builder.Spec, c builder.Checkout, log io.Writer) (outPath string, err error)
+}
+
+// SwitcherFunc makes the Switcher for a target's activation mode
+// (builder.NewSwitcher).
+type SwitcherFunc func(s builder.Spec) (builder.Switcher, error)
+
+// Options configure a Queue. Config, Store, Fetcher, Builder, Switcher and Log
+// are required.
+type Options struct {
+	Config    *config.Config
+	Store     Store
+	Fetcher   Fetcher
+	Builder   Builder
+	Switcher  SwitcherFunc
+	Notifiers map[string]notifier.Notifier // by target name; missing: no statuses
+	Log       *slog.Logger
+	Now       func() time.Time // default time.Now
+}
+
+// ErrUnknownTarget is returned for a target name that is not configured.
+var ErrUnknownTarget = errors.New("unknown target")
+
+// ErrClosed is returned by SubmitPush after Shutdown began.
+var ErrClosed = errors.New("deploy queue is shutting down")
+
+// Queue runs deploys: one per target at a time, up to MaxParallel targets at
+// once. A deploy submitted while its target is busy waits; a newer one
+// submitted meanwhile replaces it, and the replaced one ends superseded.
+type Queue struct {
+	cfg      *config.Config
+	store    Store
+	fetcher  Fetcher
+	builder  Builder
+	switcher SwitcherFunc
+	log      *slog.Logger
+	now      func() time.Time
+	secrets  []string
+
+	senders map[string]*statusSender
+
+	mu      sync.Mutex
+	closed  bool
+	targets map[string]*targetQueue
+	active  int // deploys running now
+	runs    sync.WaitGroup
+
+	// stopCtx ends the status senders; runCtx is the parent of every
+	// deploy's fetch and build (cancelled when the grace period of Shutdown
+	// runs out).
+	runCtx     context.Context
+	cancelRuns context.CancelFunc
+	stopCtx    context.Context
+	stopSend   context.CancelFunc
+	senderWG   sync.WaitGroup
+}
+
+// targetQueue is the scheduling state of one target.
+type targetQueue struct {
+	target  config.Target
+	running *run
+	pending *Deploy
+}
+
+// run is a deploy being worked on, with the means to cancel it.
+type run struct {
+	deploy *Deploy
+	cancel context.CancelCauseFunc
+}
+
+// errCancelled and errShutdown are the causes a running deploy is cancelled
+// with.
+var (
+	errCancelled = errors.New("cancelled by request")
+	errShutdown  = errors.New("flakeship is shutting down")
+)
+
+// New makes a Queue. Call Start to recover stored deploys and begin work.
+func New(opts Options) (*Queue, error) {
+	if opts.Config == nil || opts.Store == nil || opts.Fetcher == nil || opts.Builder == nil ||
+		opts.Switcher == nil || opts.Log == nil {
+		return nil, errors.New("deploy.New: Config, Store, Fetcher, Builder, Switcher and Log are required")
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	q := &Queue{
+		cfg:      opts.Config,
+		store:    opts.Store,
+		fetcher:  opts.Fetcher,
+		builder:  opts.Builder,
+		switcher: opts.Switcher,
+		log:      opts.Log,
+		now:      now,
+		senders:  map[string]*statusSender{},
+		targets:  map[string]*targetQueue{},
+	}
+	q.secrets = append(q.secrets, opts.Config.AdminToken.Reveal(), opts.Config.ReadToken.Reveal())
+	for _, t := range opts.Config.Targets {
+		q.targets[t.Name] = &targetQueue{target: t}
+		q.secrets = append(q.secrets, t.Token.Reveal(), t.WebhookSecret.Reveal())
+		if n, ok := opts.Notifiers[t.Name]; ok && n != nil {
+			q.senders[t.Name] = newStatusSender(n, opts.Log.With("target", t.Name), now)
+		}
+	}
+	q.runCtx, q.cancelRuns = context.WithCancel(context.Background())
+	q.stopCtx, q.stopSend = context.WithCancel(context.Background())
+	return q, nil
+}
+
+// Start recovers what a previous run left: queued deploys are queued again
+// (the newest per target; older ones end superseded), and a deploy that was
+// running is marked interrupted and retried once with a new deploy of the same
+// commit. Then it starts work.
+func (q *Queue) Start(ctx context.Context) error {
+	for name, s := range q.senders {
+		q.senderWG.Add(1)
+		go func(name string, s *statusSender) {
+			defer q.senderWG.Done()
+			s.run(q.stopCtx)
+		}(name, s)
+	}
+	unfinished, err := q.store.Unfinished(ctx)
+	if err != nil {
+		return fmt.Errorf("recover deploys: %w", err)
+	}
+	queued := map[string][]*Deploy{}
+	var interrupted []*Deploy
+	for _, d := range unfinished {
+		if _, ok := q.targets[d.Target]; !ok {
+			// The target was removed from the configuration.
+			d.Error = "target " + d.Target + " is no longer configured"
+			if err := q.finish(ctx, d, Cancelled); err != nil {
+				return err
+			}
+			continue
+		}
+		if d.State == Queued {
+			queued[d.Target] = append(queued[d.Target], d)
+			continue
+		}
+		interrupted = append(interrupted, d)
+	}
+	for _, d := range interrupted {
+		was := d.State
+		d.Error = fmt.Sprintf("flakeship stopped while the deploy was %s", was)
+		retry := d.Trigger != TriggerRetry && len(queued[d.Target]) == 0
+		if !retry && d.Trigger == TriggerRetry {
+			d.Error += " (after a retry: not retried again)"
+		}
+		if err := q.transition(ctx, d, Interrupted, !retry); err != nil {
+			return err
+		}
+		q.log.Warn("deploy interrupted by a stop", "target", d.Target, "deploy_id", d.ID,
+			"sha", short(d.SHA), "state", was, "retry", retry)
+		if !retry {
+			continue
+		}
+		nd := &Deploy{
+			Target: d.Target, Forge: d.Forge, Repo: d.Repo, Branch: d.Branch, SHA: d.SHA,
+			Trigger: TriggerRetry, State: Queued, CreatedAt: q.now().UTC(),
+			Author: d.Author, Message: d.Message, Pusher: d.Pusher, RetryOf: &d.ID,
+		}
+		if err := q.store.Create(ctx, nd); err != nil {
+			return fmt.Errorf("store retry of deploy %d: %w", d.ID, err)
+		}
+		q.fillURL(nd)
+		queued[d.Target] = append(queued[d.Target], nd)
+	}
+	names := make([]string, 0, len(queued))
+	for name := range queued {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, name := range names {
+		for _, d := range queued[name] {
+			q.fillURL(d)
+			q.notify(d)
+			if err := q.enqueueLocked(ctx, d); err != nil {
+				return err
+			}
+		}
+	}
+	q.dispatchLocked()
+	return nil
+}
+
+// SubmitPush stores a deploy of ev for the named target, with ev's delivery
+// id in the same transaction, and queues it. For a delivery id seen before it
+// returns the first deploy and duplicate=true and stores nothing.
+func (q *Queue) SubmitPush(ctx context.Context, target string, ev forge.PushEvent) (*Deploy, bool, error) {
+	tq, ok := q.targets[target]
+	if !ok {
+		return nil, false, fmt.Errorf("submit push: %w %q", ErrUnknownTarget, target)
+	}
+	if err := config.ValidateSHA(ev.SHA); err != nil {
+		return nil, false, fmt.Errorf("submit push: %w", err)
+	}
+	d := &Deploy{
+		Target: target, Forge: ev.Forge, Repo: tq.target.Repo, Branch: ev.Branch, SHA: ev.SHA,
+		Trigger: TriggerPush, State: Queued, CreatedAt: q.now().UTC(),
+		Author: ev.Author, Message: ev.Message, Pusher: ev.Pusher, DeliveryID: ev.DeliveryID,
+	}
+	return q.submit(ctx, d)
+}
+
+func (q *Queue) submit(ctx context.Context, d *Deploy) (*Deploy, bool, error) {
+	// The lock is held across the store write so that deploys of one target
+	// are queued in the order they were stored.
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return nil, false, ErrClosed
+	}
+	if err := q.store.Create(ctx, d); err != nil {
+		if errors.Is(err, ErrDuplicateDelivery) {
+			first, gerr := q.store.Get(ctx, d.ID)
+			if gerr != nil {
+				return nil, false, fmt.Errorf("submit push: load first deploy of delivery: %w", gerr)
+			}
+			q.fillURL(first)
+			return first, true, nil
+		}
+		return nil, false, fmt.Errorf("submit push: %w", err)
+	}
+	q.fillURL(d)
+	q.log.Info("deploy queued", "target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA),
+		"trigger", d.Trigger, "delivery_id", d.DeliveryID)
+	q.notify(d)
+	if err := q.enqueueLocked(ctx, d); err != nil {
+		return nil, false, err
+	}
+	q.dispatchLocked()
+	out := *d
+	return &out, false, nil
+}
+
+// enqueueLocked makes d the target's pending deploy, superseding the one
+// that waited before it.
+func (q *Queue) enqueueLocked(ctx context.Context, d *Deploy) error {
+	tq := q.targets[d.Target]
+	if old := tq.pending; old != nil {
+		if old.ID > d.ID {
+			old, d = d, old
+		}
+		old.SupersededBy = &d.ID
+		old.describeSHA = d.SHA
+		old.Error = fmt.Sprintf("superseded by deploy %d (%s)", d.ID, short(d.SHA))
+		if err := q.transition(ctx, old, Superseded, true); err != nil {
+			return err
+		}
+	}
+	tq.pending = d
+	return nil
+}
+
+// dispatchLocked starts the pending deploys of idle targets, oldest first,
+// while fewer than MaxParallel run.
+func (q *Queue) dispatchLocked() {
+	if q.closed {
+		return
+	}
+	for q.active < q.cfg.MaxParallel {
+		var next *targetQueue
+		for _, tq := range q.targets {
+			if tq.running == nil && tq.pending != nil && (next == nil || tq.pending.ID < next.pending.ID) {
+				next = tq
+			}
+		}
+		if next == nil {
+			return
+		}
+		d := next.pending
+		next.pending = nil
+		ctx, cancel := context.WithCancelCause(q.runCtx)
+		next.running = &run{deploy: d, cancel: cancel}
+		q.active++
+		q.runs.Add(1)
+		go func(tq *targetQueue) {
+			defer q.runs.Done()
+			q.execute(ctx, tq.target, d)
+			cancel(nil)
+			q.mu.Lock()
+			tq.running = nil
+			q.active--
+			q.dispatchLocked()
+			q.mu.Unlock()
+		}(next)
+	}
+}
+
+// Cancel cancels a queued deploy, or a running one that is still fetching or
+// building (activation is never cut short: it would leave the unit half
+// switched). It returns ErrNotFound for an unknown deploy and a
+// *TransitionError for one that cannot be cancelled any more.
+func (q *Queue) Cancel(ctx context.Context, id int64) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, tq := range q.targets {
+		if p := tq.pending; p != nil && p.ID == id {
+			tq.pending = nil
+			p.Error = "cancelled by request"
+			return q.transition(ctx, p, Cancelled, true)
+		}
+		if r := tq.running; r != nil && r.deploy.ID == id {
+			if !r.deploy.State.CanMove(Cancelled) {
+				return &TransitionError{From: r.deploy.State, To: Cancelled}
+			}
+			r.cancel(errCancelled)
+			return nil
+		}
+	}
+	d, err := q.store.Get(ctx, id)
+	if err != nil {
+		return fmt.Errorf("cancel deploy %d: %w", id, err)
+	}
+	return &TransitionError{From: d.State, To: Cancelled}
+}
+
+// Get returns a stored deploy.
+func (q *Queue) Get(ctx context.Context, id int64) (*Deploy, error) {
+	d, err := q.store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	q.fillURL(d)
+	return d, nil
+}
+
+// List returns stored deploys, newest first.
+func (q *Queue) List(ctx context.Context, f Filter) ([]*Deploy, error) {
+	ds, err := q.store.List(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range ds {
+		q.fillURL(d)
+	}
+	return ds, nil
+}
+
+// LogPath returns the file that holds deploy id's log.
+func (q *Queue) LogPath(id int64) string { return logPath(q.cfg.StateDir, id) }
+
+// Shutdown stops intake, lets running deploys finish until ctx ends, then
+// cancels their fetch or build (they end interrupted and are retried on the
+// next start), waits for them, and gives the forge a last chance to receive
+// the final statuses.
+func (q *Queue) Shutdown(ctx context.Context) error {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		q.runs.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		q.log.Warn("grace period over, interrupting running deploys")
+		q.mu.Lock()
+		for _, tq := range q.targets {
+			if tq.running != nil {
+				tq.running.cancel(errShutdown)
+			}
+		}
+		q.mu.Unlock()
+		q.cancelRuns()
+		<-done
+	}
+	q.cancelRuns()
+
+	flushCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var errs []error
+	for _, s := range q.senders {
+		if err := s.flush(flushCtx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	q.stopSend()
+	q.senderWG.Wait()
+	return errors.Join(errs...)
+}
+
+// transition moves d to state s, stores it, posts its commit status if post
+// is true, and logs it: the one place deploy states change. The caller holds
+// q.mu (or is Start, before any deploy runs).
+func (q *Queue) transition(ctx context.Context, d *Deploy, s State, post bool) error {
+	from := d.State
+	if err := d.Advance(s, q.now()); err != nil {
+		return fmt.Errorf("deploy %d: %w", d.ID, err)
+	}
+	if err := q.store.Update(ctx, d); err != nil {
+		return fmt.Errorf("record deploy %d %s: %w", d.ID, s, err)
+	}
+	if post {
+		q.notify(d)
+	}
+	q.log.Info("deploy state changed", "target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA),
+		"from", from, "state", s)
+	return nil
+}
+
+// finish ends d in state s (used for deploys that never ran).
+func (q *Queue) finish(ctx context.Context, d *Deploy, s State) error {
+	return q.transition(ctx, d, s, true)
+}
+
+// notify posts d's commit status for its current state.
+func (q *Queue) notify(d *Deploy) {
+	s, ok := q.senders[d.Target]
+	if !ok {
+		return
+	}
+	tq := q.targets[d.Target]
+	s.send(forge.Status{
+		Repo:        tq.target.Repo,
+		SHA:         d.SHA,
+		Context:     tq.target.StatusContext,
+		Description: describe(d),
+		TargetURL:   d.URL,
+		State:       d.State.CommitState(),
+	})
+}
+
+func (q *Queue) fillURL(d *Deploy) {
+	d.URL = q.cfg.PublicURL + "/deploys/" + strconv.FormatInt(d.ID, 10)
+}

@@ -1,0 +1,321 @@
+package deploy_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flakeship/flakeship/builder"
+	"github.com/flakeship/flakeship/config"
+	"github.com/flakeship/flakeship/deploy"
+	"github.com/flakeship/flakeship/forge"
+	"github.com/flakeship/flakeship/internal/forgetest"
+	"github.com/flakeship/flakeship/internal/gittest"
+	"github.com/flakeship/flakeship/internal/testenv"
+	"github.com/flakeship/flakeship/notifier"
+	"github.com/flakeship/flakeship/store"
+)
+
+// The queue tests run real deploys of build-only targets (ACTIVATE=none):
+// a real git server, the real fetcher, real nix builds, a real profile and a
+// real SQLite store. Only the forge is a fake.
+
+type rig struct {
+	t      *testing.T
+	cfg    *config.Config
+	store  *store.Store
+	forge  *forgetest.Server
+	repo   *gittest.Repo
+	system string
+	nonce  string
+	n      int
+}
+
+func newRig(t *testing.T, targets ...string) *rig {
+	t.Helper()
+	testenv.Require(t, "git", "nix")
+	state := t.TempDir()
+	gs := gittest.NewServer(t)
+	r := &rig{
+		t:      t,
+		repo:   gs.NewRepo(t, "app"),
+		forge:  forgetest.NewGitHub(t, "tok-queue-test"),
+		system: testenv.System(t),
+		nonce:  fmt.Sprintf("%x", time.Now().UnixNano()),
+	}
+	r.cfg = &config.Config{
+		StateDir:    state,
+		PublicURL:   "https://deploy.example.test",
+		MaxParallel: 1,
+		Nix:         "nix",
+		NixFlags:    testenv.NixFlags(),
+	}
+	for _, name := range targets {
+		r.cfg.Targets = append(r.cfg.Targets, config.Target{
+			Name: name, Forge: "github", Repo: "acme/" + name, CloneURL: gs.URL("app"),
+			Branch: "main", Attr: "packages." + r.system + ".default", Activate: config.ActivateNone,
+			Profile: filepath.Join(state, "profiles", name), HealthTimeout: 5 * time.Second,
+			BuildTimeout: time.Minute, WebhookSecret: "hook-secret", Token: "tok-queue-test",
+			StatusContext: "flakeship/" + name,
+		})
+	}
+	st, err := store.Open(context.Background(), filepath.Join(state, "flakeship.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	r.store = st
+	return r
+}
+
+// commit pushes a commit whose build succeeds (or fails) and returns it.
+func (r *rig) commit(ok bool) string {
+	r.n++
+	script := fmt.Sprintf(": %s; echo build %d > $out", r.nonce, r.n)
+	if !ok {
+		script = "echo broken >&2; exit 1"
+	}
+	flake := fmt.Sprintf(`{ outputs = { self }: { packages.%[1]s.default = derivation {
+  name = "queue-test"; system = "%[1]s"; builder = "/bin/sh"; args = [ "-c" %[2]q ]; }; }; }
+`, r.system, script)
+	sha := r.repo.Commit(r.t, fmt.Sprintf("build %d", r.n), map[string]string{"flake.nix": flake})
+	r.repo.Push(r.t, "main")
+	return sha
+}
+
+func (r *rig) queue() *deploy.Queue {
+	r.t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	nix := &builder.Nix{Binary: r.cfg.Nix, Flags: r.cfg.NixFlags}
+	notifiers := map[string]notifier.Notifier{}
+	for _, t := range r.cfg.Targets {
+		n, err := notifier.NewGitHub(notifier.GitHubOptions{BaseURL: r.forge.URL(), Token: t.Token, Log: log})
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		notifiers[t.Name] = n
+	}
+	q, err := deploy.New(deploy.Options{
+		Config: r.cfg, Store: r.store, Fetcher: builder.NewFetcher(log), Builder: nix,
+		Switcher:  func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
+		Notifiers: notifiers, Log: log,
+	})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if err := q.Start(context.Background()); err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		q.Shutdown(ctx)
+	})
+	return q
+}
+
+func push(sha, delivery string) forge.PushEvent {
+	return forge.PushEvent{Forge: forge.GitHub, DeliveryID: delivery, Repo: "acme/app", Branch: "main", SHA: sha, Pusher: "octocat"}
+}
+
+// waitEnd waits until deploy id ends.
+func waitEnd(t *testing.T, q *deploy.Queue, id int64) *deploy.Deploy {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		d, err := q.Get(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.State.Terminal() {
+			return d
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("deploy %d still %s after 60s", id, d.State)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func built(d *deploy.Deploy) bool {
+	for _, s := range d.Steps {
+		if s.Name == "build" {
+			return true
+		}
+	}
+	return false
+}
+
+func TestQueueCoalescesABurstIntoTheNewestCommit(t *testing.T) {
+	r := newRig(t, "app")
+	var shas []string
+	for i := 0; i < 6; i++ {
+		shas = append(shas, r.commit(true))
+	}
+	q := r.queue()
+	var ids []int64
+	for i, sha := range shas {
+		d, dup, err := q.SubmitPush(context.Background(), "app", push(sha, fmt.Sprintf("d-%d", i)))
+		if err != nil || dup {
+			t.Fatalf("submit %d: dup=%v err=%v", i, dup, err)
+		}
+		if d.State != deploy.Queued || d.URL != fmt.Sprintf("https://deploy.example.test/deploys/%d", d.ID) {
+			t.Fatalf("submitted deploy = %+v", d)
+		}
+		ids = append(ids, d.ID)
+	}
+	last := waitEnd(t, q, ids[5])
+	if last.State != deploy.Succeeded || last.Generation == 0 {
+		t.Fatalf("newest deploy = %+v, want succeeded", last)
+	}
+	builds := 0
+	for i, id := range ids {
+		d := waitEnd(t, q, id)
+		if built(d) {
+			builds++
+		}
+		if i < 5 && d.State == deploy.Superseded && (d.SupersededBy == nil || *d.SupersededBy <= d.ID) {
+			t.Errorf("superseded deploy %d names successor %v", d.ID, d.SupersededBy)
+		}
+		if i < 5 && d.State != deploy.Superseded && d.State != deploy.Succeeded {
+			t.Errorf("deploy %d ended %s", d.ID, d.State)
+		}
+	}
+	if builds > 2 {
+		t.Errorf("6 pushes built %d times, want at most 2", builds)
+	}
+}
+
+func TestQueueStoresARedeliveryOnce(t *testing.T) {
+	r := newRig(t, "app")
+	sha := r.commit(true)
+	q := r.queue()
+	first, dup, err := q.SubmitPush(context.Background(), "app", push(sha, "same-delivery"))
+	if err != nil || dup {
+		t.Fatalf("first: dup=%v err=%v", dup, err)
+	}
+	again, dup, err := q.SubmitPush(context.Background(), "app", push(sha, "same-delivery"))
+	if err != nil || !dup || again.ID != first.ID {
+		t.Fatalf("redelivery: %+v dup=%v err=%v, want the first deploy %d", again, dup, err, first.ID)
+	}
+	waitEnd(t, q, first.ID)
+	all, err := q.List(context.Background(), deploy.Filter{})
+	if err != nil || len(all) != 1 {
+		t.Fatalf("%d deploys stored (%v), want 1", len(all), err)
+	}
+}
+
+func TestQueueReportsABrokenBuildAndKeepsTheProfile(t *testing.T) {
+	r := newRig(t, "app")
+	good, bad := r.commit(true), r.commit(false)
+	q := r.queue()
+	d1, _, _ := q.SubmitPush(context.Background(), "app", push(good, "good"))
+	if d := waitEnd(t, q, d1.ID); d.State != deploy.Succeeded {
+		t.Fatalf("good deploy = %+v", d)
+	}
+	d2, _, _ := q.SubmitPush(context.Background(), "app", push(bad, "bad"))
+	d := waitEnd(t, q, d2.ID)
+	if d.State != deploy.Failed || d.Error != "build: nix build: exit status 1" {
+		t.Fatalf("broken deploy = %+v, want failed with a one-line build error", d)
+	}
+	st := r.forge.WaitFor(t, 30*time.Second, func(rs []forgetest.Recorded) bool {
+		return len(rs) > 0 && rs[len(rs)-1].SHA == bad && rs[len(rs)-1].State == "failure"
+	})
+	if got := st[len(st)-1]; got.Description != "Build failed: see log" || got.TargetURL != d.URL {
+		t.Errorf("failure status = %+v", got)
+	}
+}
+
+func TestQueueCancelsAQueuedDeploy(t *testing.T) {
+	r := newRig(t, "app")
+	a, b := r.commit(true), r.commit(true)
+	q := r.queue()
+	d1, _, _ := q.SubmitPush(context.Background(), "app", push(a, "a"))
+	d2, _, _ := q.SubmitPush(context.Background(), "app", push(b, "b"))
+	err := q.Cancel(context.Background(), d2.ID)
+	got := waitEnd(t, q, d2.ID)
+	if err != nil && got.State != deploy.Succeeded {
+		t.Fatalf("cancel of a queued deploy: %v (state %s)", err, got.State)
+	}
+	if err == nil && got.State != deploy.Cancelled {
+		t.Fatalf("cancelled deploy ended %s", got.State)
+	}
+	waitEnd(t, q, d1.ID)
+	if err := q.Cancel(context.Background(), d1.ID); err == nil {
+		t.Error("cancelling a finished deploy succeeded")
+	}
+	if err := q.Cancel(context.Background(), 999); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("cancelling an unknown deploy: %v", err)
+	}
+}
+
+// TestStartRecoversWhatAStopLeft stores deploys as a killed flakeship
+// would have left them, then starts a queue on that store.
+func TestStartRecoversWhatAStopLeft(t *testing.T) {
+	r := newRig(t, "app", "api")
+	a, b, c, d := r.commit(true), r.commit(true), r.commit(true), r.commit(true)
+	ctx := context.Background()
+	now := time.Now()
+	put := func(target, sha string, trigger deploy.Trigger, states ...deploy.State) *deploy.Deploy {
+		dep := &deploy.Deploy{Target: target, Forge: forge.GitHub, Repo: "acme/" + target, Branch: "main",
+			SHA: sha, Trigger: trigger, State: deploy.Queued, CreatedAt: now}
+		if err := r.store.Create(ctx, dep); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range states {
+			if err := dep.Advance(s, now); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := r.store.Update(ctx, dep); err != nil {
+			t.Fatal(err)
+		}
+		return dep
+	}
+	// app: one deploy was building; it is retried once.
+	building := put("app", a, deploy.TriggerPush, deploy.Fetching, deploy.Building)
+	// api: a retry was building (not retried again) and two pushes were
+	// queued behind it (the newer one deploys).
+	retried := put("api", b, deploy.TriggerRetry, deploy.Fetching, deploy.Building)
+	older := put("api", c, deploy.TriggerPush)
+	newer := put("api", d, deploy.TriggerPush)
+
+	q := r.queue()
+	if got := waitEnd(t, q, building.ID); got.State != deploy.Interrupted {
+		t.Errorf("building deploy ended %s, want interrupted", got.State)
+	}
+	if got := waitEnd(t, q, retried.ID); got.State != deploy.Interrupted {
+		t.Errorf("interrupted retry ended %s, want interrupted", got.State)
+	}
+	if got := waitEnd(t, q, older.ID); got.State != deploy.Superseded || got.SupersededBy == nil || *got.SupersededBy != newer.ID {
+		t.Errorf("older queued deploy = %+v, want superseded by %d", got, newer.ID)
+	}
+	if got := waitEnd(t, q, newer.ID); got.State != deploy.Succeeded {
+		t.Errorf("newer queued deploy = %+v, want succeeded", got)
+	}
+	all, err := q.List(ctx, deploy.Filter{Target: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var retries []*deploy.Deploy
+	for _, dep := range all {
+		if dep.Trigger == deploy.TriggerRetry {
+			retries = append(retries, dep)
+		}
+	}
+	if len(retries) != 1 || retries[0].SHA != a || retries[0].RetryOf == nil || *retries[0].RetryOf != building.ID {
+		t.Fatalf("retries of app = %+v, want one retry of deploy %d", retries, building.ID)
+	}
+	if got := waitEnd(t, q, retries[0].ID); got.State != deploy.Succeeded {
+		t.Errorf("retry = %+v, want succeeded", got)
+	}
+	apiAll, _ := q.List(ctx, deploy.Filter{Target: "api", Limit: 100})
+	if len(apiAll) != 3 {
+		t.Errorf("api has %d deploys, want 3 (a retry of a retry is never made)", len(apiAll))
+	}
+}

@@ -1,0 +1,244 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/flakeship/flakeship/builder"
+	"github.com/flakeship/flakeship/config"
+)
+
+// activationSlack is how long activation may take beyond the target's
+// HEALTH_TIMEOUT: the profile switch, the restart and a possible rollback.
+const activationSlack = 2 * time.Minute
+
+// execute walks d through fetch, build, activate and verify. ctx is
+// cancelled by Cancel or by the end of Shutdown's grace period, and only cuts
+// short the fetch and the build.
+func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
+	log := q.log.With("target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA))
+	// Store writes use their own context: a cancelled deploy must still be
+	// recorded as such.
+	rec := context.Background()
+
+	lf, err := openLog(logPath(q.cfg.StateDir, d.ID), q.secrets)
+	if err != nil {
+		log.Error("deploy log unavailable", "err", err)
+		q.fail(rec, d, Failed, fmt.Sprintf("open deploy log: %v", err))
+		return
+	}
+	defer func() {
+		if err := lf.Close(); err != nil {
+			log.Error("deploy log incomplete", "err", err)
+		}
+	}()
+	lf.Printf("flakeship deploy %d of target %s: %s@%s (%s, branch %s)",
+		d.ID, d.Target, d.Repo, d.SHA, d.Trigger, d.Branch)
+
+	spec := SpecFor(t, q.cfg)
+	buildCtx, cancelBuild := context.WithTimeoutCause(ctx, t.BuildTimeout,
+		fmt.Errorf("BUILD_TIMEOUT of %s exceeded", t.BuildTimeout))
+	defer cancelBuild()
+	began := q.now()
+
+	// stopped ends the deploy if its fetch or build was cut short.
+	stopped := func(step string, err error) bool {
+		cause := context.Cause(buildCtx)
+		switch {
+		case errors.Is(cause, errCancelled):
+			lf.Printf("== %s cancelled", step)
+			q.fail(rec, d, Cancelled, step+" cancelled by request")
+		case errors.Is(cause, errShutdown) || (cause != nil && errors.Is(context.Cause(ctx), context.Canceled)):
+			lf.Printf("== %s interrupted: flakeship is stopping; the deploy is retried on the next start", step)
+			q.fail(rec, d, Interrupted, "flakeship stopped during "+step)
+		case cause != nil:
+			lf.Printf("== %s stopped: %v", step, cause)
+			q.fail(rec, d, Failed, fmt.Sprintf("%s: %v", step, cause))
+		default:
+			return false
+		}
+		return true
+	}
+
+	if !q.step(rec, d, Fetching, lf) {
+		return
+	}
+	checkout, err := q.fetcher.Fetch(buildCtx, spec, d.SHA, lf)
+	if err != nil {
+		if stopped("fetch", err) {
+			return
+		}
+		lf.Printf("== fetch failed: %v", err)
+		q.fail(rec, d, Failed, fmt.Sprintf("fetch: %v", err))
+		return
+	}
+
+	if !q.step(rec, d, Building, lf) {
+		return
+	}
+	outPath, err := q.builder.Build(buildCtx, spec, checkout, lf)
+	if err != nil {
+		if stopped("build", err) {
+			return
+		}
+		lf.Printf("== build failed: %v", err)
+		q.fail(rec, d, Failed, fmt.Sprintf("build: %v", err))
+		return
+	}
+	lf.Printf("== built %s", outPath)
+	d.OutPath = outPath
+
+	// From here on the deploy changes what runs: only the activation
+	// deadline ends it, never a cancel or a shutdown.
+	actCtx, cancelAct := context.WithTimeout(context.Background(), t.HealthTimeout+activationSlack)
+	defer cancelAct()
+	if !q.step(rec, d, Activating, lf) {
+		return
+	}
+	sw, err := q.switcher(spec)
+	if err != nil {
+		lf.Printf("== activation failed: %v", err)
+		q.fail(rec, d, Failed, fmt.Sprintf("activate: %v", err))
+		return
+	}
+	prev, err := sw.Current(actCtx)
+	hasPrev := err == nil
+	if err != nil && !errors.Is(err, builder.ErrNoGeneration) {
+		lf.Printf("== activation failed: %v", err)
+		q.fail(rec, d, Failed, fmt.Sprintf("activate: read profile: %v", err))
+		return
+	}
+	gen, err := sw.Switch(actCtx, outPath, lf)
+	if err != nil && gen.Number == 0 {
+		// Nothing was switched: the previous generation still runs.
+		lf.Printf("== activation failed: %v", err)
+		q.fail(rec, d, Failed, fmt.Sprintf("activate: %v", err))
+		return
+	}
+	d.Generation = gen.Number
+	if err == nil {
+		if !q.step(rec, d, Verifying, lf) {
+			return
+		}
+		err = sw.Verify(actCtx, lf)
+	}
+	if err != nil {
+		q.rollback(actCtx, rec, d, sw, prev, hasPrev, err, lf)
+		return
+	}
+	elapsed := q.now().Sub(began).Round(time.Second)
+	lf.Printf("== deployed %s as generation %d in %s", short(d.SHA), gen.Number, elapsed)
+	q.fail(rec, d, Succeeded, "")
+	log.Info("deploy succeeded", "generation", gen.Number, "duration", q.now().Sub(began), "steps", stepTimes(d))
+}
+
+// rollback restores the generation that ran before d after d came up
+// unhealthy, and ends d rolled_back (or failed when there was nothing to roll
+// back to, or the rollback itself did not come up).
+func (q *Queue) rollback(ctx, rec context.Context, d *Deploy, sw builder.Switcher, prev builder.Generation, hasPrev bool, cause error, lf *logFile) {
+	lf.Printf("== unhealthy: %v", cause)
+	if !hasPrev {
+		lf.Printf("== no earlier generation to roll back to")
+		q.fail(rec, d, Failed, fmt.Sprintf("unhealthy: %v; no earlier generation to roll back to", cause))
+		return
+	}
+	lf.Printf("== rolling back to generation %d (%s)", prev.Number, prev.OutPath)
+	if err := sw.Rollback(ctx, prev, lf); err != nil {
+		lf.Printf("== rollback to generation %d is unhealthy too: %v", prev.Number, err)
+		q.fail(rec, d, Failed, fmt.Sprintf("unhealthy: %v; rollback to generation %d failed: %v", cause, prev.Number, err))
+		return
+	}
+	lf.Printf("== rolled back to generation %d", prev.Number)
+	d.Generation = prev.Number
+	if last, err := q.store.LastSucceeded(rec, d.Target); err == nil && last.Generation == prev.Number {
+		d.describeSHA = last.SHA
+	}
+	q.fail(rec, d, RolledBack, fmt.Sprintf("unhealthy: %v; rolled back to generation %d", cause, prev.Number))
+}
+
+// step moves d into a running state and marks it in the log.
+func (q *Queue) step(ctx context.Context, d *Deploy, s State, lf *logFile) bool {
+	q.mu.Lock()
+	err := q.transition(ctx, d, s, true)
+	q.mu.Unlock()
+	if err != nil {
+		q.log.Error("deploy state not recorded", "deploy_id", d.ID, "state", s, "err", err)
+		lf.Printf("== flakeship could not record the deploy state: %v", err)
+		return false
+	}
+	lf.Printf("== %s", s.step())
+	return true
+}
+
+// fail ends d in the terminal state s with the one-line error msg.
+func (q *Queue) fail(ctx context.Context, d *Deploy, s State, msg string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	d.Error = msg
+	if err := q.transition(ctx, d, s, true); err != nil {
+		q.log.Error("deploy end not recorded", "deploy_id", d.ID, "state", s, "err", err)
+	}
+}
+
+// stepTimes lists each finished step's duration for the log.
+func stepTimes(d *Deploy) map[string]string {
+	out := map[string]string{}
+	for _, s := range d.Steps {
+		if s.FinishedAt != nil {
+			out[s.Name] = s.FinishedAt.Sub(s.StartedAt).String()
+		}
+	}
+	return out
+}
+
+// describe is the one-line description of d's commit status.
+func describe(d *Deploy) string {
+	sha := short(d.SHA)
+	switch d.State {
+	case Queued:
+		return "Queued for deploy"
+	case Fetching:
+		return "Fetching " + sha
+	case Building:
+		return "Building " + sha
+	case Activating:
+		return "Activating " + sha
+	case Verifying:
+		return "Checking health of " + sha
+	case Succeeded:
+		took := time.Duration(0)
+		if d.StartedAt != nil && d.FinishedAt != nil {
+			took = d.FinishedAt.Sub(*d.StartedAt).Round(time.Second)
+		}
+		return fmt.Sprintf("Deployed %s in %s", sha, took)
+	case Failed:
+		if len(d.Steps) > 0 {
+			switch d.Steps[len(d.Steps)-1].Name {
+			case "fetch":
+				return "Fetch failed: see log"
+			case "build":
+				return "Build failed: see log"
+			case "verify":
+				return "Unhealthy: see log"
+			}
+		}
+		return "Activation failed: see log"
+	case RolledBack:
+		if d.describeSHA != "" {
+			return "Unhealthy, rolled back to " + short(d.describeSHA)
+		}
+		return fmt.Sprintf("Unhealthy, rolled back to generation %d", d.Generation)
+	case Superseded:
+		if d.describeSHA != "" {
+			return "Superseded by " + short(d.describeSHA)
+		}
+		return "Superseded"
+	case Cancelled:
+		return "Cancelled"
+	case Interrupted:
+		return "Interrupted: flakeship stopped"
+	}
+	return string(d.State)
+}
