@@ -15,3 +15,11 @@ type Deployer interface {
 	// seen before for that target. When it returns nil the deploy is durable.
 	SubmitPush(ctx context.Context, target string, ev forge.PushEvent) (d *deploy.Deploy, duplicate bool, err error)
 }
+
+// Deploys is what the server reads of stored deploys (the deploy queue).
+type Deploys interface {
+	// Get returns one deploy, or an error wrapping deploy.ErrNotFound.
+	Get(ctx context.Context, id int64) (*deploy.Deploy, error)
+	// List returns deploys, newest first.
+	List(ctx context.Context, f deploy.Filter) ([]*deploy.Deploy, error)
+}

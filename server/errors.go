@@ -30,6 +30,25 @@ type IgnoredError struct {
 // Error implements error.
 func (e *IgnoredError) Error() string { return "ignored: " + e.Reason }
 
+// requestError is a client error of the API with its status and message.
+type requestError struct {
+	status int
+	msg    string
+}
+
+func (e *requestError) Error() string { return e.msg }
+
+// badRequest, notFound and unauthorized make the API's client errors.
+func badRequest(format string, args ...any) error {
+	return &requestError{http.StatusBadRequest, fmt.Sprintf(format, args...)}
+}
+
+func notFound(format string, args ...any) error {
+	return &requestError{http.StatusNotFound, fmt.Sprintf(format, args...)}
+}
+
+func unauthorized(msg string) error { return &requestError{http.StatusUnauthorized, msg} }
+
 // ignored returns an *IgnoredError with the given reason.
 func ignored(format string, args ...any) error {
 	return &IgnoredError{Reason: fmt.Sprintf(format, args...)}
@@ -46,7 +65,10 @@ func malformed(field string, err error) error {
 func (s *Server) httpError(err error) (status int, msg string, internal bool) {
 	var ign *IgnoredError
 	var fe *fiber.Error
+	var re *requestError
 	switch {
+	case errors.As(err, &re):
+		return re.status, re.msg, false
 	case errors.As(err, &ign):
 		return http.StatusOK, ign.Reason, false
 	case errors.Is(err, ErrSignature):

@@ -46,6 +46,7 @@ const (
 type Options struct {
 	Config   *config.Config // required
 	Deployer Deployer       // required
+	Deploys  Deploys        // the read API; nil serves no /api routes
 	Log      *slog.Logger   // nil discards the log
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -58,6 +59,7 @@ type Options struct {
 type Server struct {
 	cfg         *config.Config
 	deployer    Deployer
+	deploys     Deploys
 	log         *slog.Logger
 	now         func() time.Time
 	bodyLimit   int
@@ -70,6 +72,7 @@ func New(opts Options) *Server {
 	s := &Server{
 		cfg:         opts.Config,
 		deployer:    opts.Deployer,
+		deploys:     opts.Deploys,
 		log:         opts.Log,
 		now:         opts.Now,
 		bodyLimit:   opts.Config.BodyLimit,
@@ -117,6 +120,11 @@ func (s *Server) routes(app *fiber.App) {
 	app.Get("/healthz", func(c *fiber.Ctx) error {
 		return c.JSON(fiber.Map{"status": "ok"})
 	})
+	if s.deploys != nil {
+		api := app.Group("/api", s.requireRead)
+		api.Get("/deploys", s.listDeploys)
+		api.Get("/deploys/:id", s.getDeploy)
+	}
 	// Unmatched paths reach handleError as fiber's 404, and a known path
 	// with another method as its 405.
 }
