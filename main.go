@@ -1,0 +1,153 @@
+// Command flakeship turns `git push` into a deployed Nix build: a signed push
+// webhook from GitHub or Forgejo becomes a stored deploy; the exact commit is
+// fetched, built with nix, switched into a profile, restarted under systemd,
+// checked, rolled back if unhealthy, and reported to the forge as a commit
+// status. Configuration is read from the environment (see the README).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/flakeship/flakeship/builder"
+	"github.com/flakeship/flakeship/config"
+	"github.com/flakeship/flakeship/deploy"
+	"github.com/flakeship/flakeship/notifier"
+	"github.com/flakeship/flakeship/server"
+	"github.com/flakeship/flakeship/store"
+)
+
+// shutdownGrace is how long a SIGTERM lets running deploys finish before
+// their fetch or build is cancelled (they are retried on the next start).
+// systemd's default TimeoutStopSec is 90s, so this leaves ample room.
+const shutdownGrace = 20 * time.Second
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Environ(), os.Stderr, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "flakeship:", err)
+		os.Exit(1)
+	}
+}
+
+// run is the whole program: it reads the configuration from environ, opens
+// the store, starts the deploy queue and serves HTTP until ctx ends, then
+// shuts down in order. If ready is not nil it receives the listening address.
+func run(ctx context.Context, environ []string, logOut io.Writer, ready chan<- net.Addr) error {
+	cfg, err := config.Load(config.Environ(environ))
+	if err != nil {
+		return err
+	}
+	log := cfg.Logger(logOut)
+
+	st, err := store.Open(ctx, filepath.Join(cfg.StateDir, "flakeship.db"), log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			log.Error("close store", "err", err)
+		}
+	}()
+
+	notifiers, err := newNotifiers(cfg, log)
+	if err != nil {
+		return err
+	}
+	nix := &builder.Nix{Binary: cfg.Nix, Flags: cfg.NixFlags}
+	queue, err := deploy.New(deploy.Options{
+		Config:    cfg,
+		Store:     st,
+		Fetcher:   builder.NewFetcher(log),
+		Builder:   nix,
+		Switcher:  func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
+		Notifiers: notifiers,
+		Log:       log,
+	})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	if cfg.PublicURL == "http://"+cfg.Listen {
+		// The default public URL names the address listened on; with port 0
+		// that is only known now.
+		cfg.PublicURL = "http://" + ln.Addr().String()
+	}
+	if err := queue.Start(ctx); err != nil {
+		ln.Close()
+		return err
+	}
+	srv := server.New(server.Options{Config: cfg, Deployer: queue, Deploys: queue, Log: log})
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Listen(ln) }()
+	log.Info("flakeship listening", "addr", ln.Addr().String(), "public_url", cfg.PublicURL,
+		"targets", len(cfg.Targets), "state_dir", cfg.StateDir)
+	if ready != nil {
+		ready <- ln.Addr()
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err := <-serveErr:
+		runErr = fmt.Errorf("serve: %w", err)
+	}
+
+	// Stop intake first, then let deploys finish or interrupt them.
+	httpCtx, cancelHTTP := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelHTTP()
+	if err := srv.Shutdown(httpCtx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
+	graceCtx, cancelGrace := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancelGrace()
+	if err := queue.Shutdown(graceCtx); err != nil {
+		log.Warn("deploy queue shutdown", "err", err)
+	}
+	log.Info("stopped")
+	return runErr
+}
+
+// newNotifiers makes each target's commit status poster: none for a target
+// without a forge token.
+func newNotifiers(cfg *config.Config, log *slog.Logger) (map[string]notifier.Notifier, error) {
+	out := map[string]notifier.Notifier{}
+	for _, t := range cfg.Targets {
+		if !t.Token.IsSet() {
+			log.Info("no forge token: commit statuses are off", "target", t.Name)
+			continue
+		}
+		var (
+			n   notifier.Notifier
+			err error
+		)
+		switch t.Forge {
+		case "github":
+			n, err = notifier.NewGitHub(notifier.GitHubOptions{BaseURL: t.ForgeURL, Token: t.Token, Log: log})
+		case "forgejo":
+			n, err = notifier.NewForgejo(notifier.ForgejoOptions{BaseURL: t.ForgeURL, Token: t.Token, Log: log})
+		default:
+			err = errors.New("unknown forge " + t.Forge)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("target %s: %w", t.Name, err)
+		}
+		out[t.Name] = n
+	}
+	return out, nil
+}
