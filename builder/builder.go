@@ -22,6 +22,7 @@ type Spec struct {
 	Token         config.Secret // basic-auth password for http(s) fetches, "" for none
 	CacheDir      string        // the target's bare git cache (created on first fetch)
 	Attr          string        // flake output attribute path
+	NixCache      string        // XDG_CACHE_HOME of nix for this target, "" for nix's default
 	Nix           string        // nix binary
 	NixFlags      []string      // extra flags for every nix call
 	Activate      string        // config.ActivateService, ActivateNixOS or ActivateNone

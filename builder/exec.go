@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"sync"
 	"sync/atomic"
@@ -28,15 +29,21 @@ const maxLine = 64 << 10
 // ctx.Err().
 func runCommand(ctx context.Context, log io.Writer, name string, args ...string) error {
 	var mu sync.Mutex
-	return execute(ctx, killGrace, &lineWriter{mu: &mu, w: log}, &lineWriter{mu: &mu, w: log}, name, args...)
+	return execute(ctx, killGrace, nil, &lineWriter{mu: &mu, w: log}, &lineWriter{mu: &mu, w: log}, name, args...)
 }
 
 // outputCommand is runCommand that returns stdout instead of streaming it;
 // stderr still goes to log line by line. The output read so far is returned
 // with any error.
 func outputCommand(ctx context.Context, log io.Writer, name string, args ...string) ([]byte, error) {
+	return outputCommandEnv(ctx, log, nil, name, args...)
+}
+
+// outputCommandEnv is outputCommand with env ("KEY=value") added to
+// flakeship's own environment.
+func outputCommandEnv(ctx context.Context, log io.Writer, env []string, name string, args ...string) ([]byte, error) {
 	var stdout bytes.Buffer
-	err := execute(ctx, killGrace, &stdout, &lineWriter{mu: new(sync.Mutex), w: log}, name, args...)
+	err := execute(ctx, killGrace, env, &stdout, &lineWriter{mu: new(sync.Mutex), w: log}, name, args...)
 	return stdout.Bytes(), err
 }
 
@@ -46,11 +53,14 @@ func outputCommand(ctx context.Context, log io.Writer, name string, args ...stri
 // closed (cmd.WaitDelay), and whatever is left of the group gets SIGKILL.
 // The error is the command's own (exec.ExitError: "exit status 1"), or
 // "killed: " wrapping ctx.Err() when ctx ended it.
-func execute(ctx context.Context, grace time.Duration, stdout, stderr io.Writer, name string, args ...string) error {
+func execute(ctx context.Context, grace time.Duration, env []string, stdout, stderr io.Writer, name string, args ...string) error {
 	cmd := exec.CommandContext(ctx, name, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout = stdout
 	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = groupAttr()
 	var cancelled atomic.Bool
 	cmd.Cancel = func() error {
 		cancelled.Store(true)

@@ -74,7 +74,7 @@ func TestExecCancelKillsTheWholeProcessGroup(t *testing.T) {
 	log := &signalBuffer{needle: "started", seen: make(chan struct{})}
 	done := make(chan error, 1)
 	go func() {
-		done <- execute(ctx, 200*time.Millisecond, log, log, "sh", "-c", script)
+		done <- execute(ctx, 200*time.Millisecond, nil, log, log, "sh", "-c", script)
 	}()
 	select {
 	case <-log.seen:

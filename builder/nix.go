@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -33,9 +34,20 @@ func (n *Nix) Build(ctx context.Context, s Spec, c Checkout, log io.Writer) (out
 		return "", fmt.Errorf("nix build: %w", err)
 	}
 	args := append(n.flags(s), "build", "--json", "--no-link", "--print-build-logs", ref)
+	var env []string
+	if s.NixCache != "" {
+		// nix keeps its own clone of the repository and its evaluation
+		// cache under XDG_CACHE_HOME: one per target, in the state dir,
+		// so they are writable for a service user without a home and can
+		// be reset when a killed nix leaves them half written.
+		if err := os.MkdirAll(s.NixCache, 0o700); err != nil {
+			return "", fmt.Errorf("nix build: create nix cache dir: %w", err)
+		}
+		env = []string{"XDG_CACHE_HOME=" + s.NixCache}
+	}
 	fmt.Fprintf(log, "building %s\n", ref)
 	start := time.Now()
-	stdout, err := outputCommand(ctx, log, n.binary(s), args...)
+	stdout, err := outputCommandEnv(ctx, log, env, n.binary(s), args...)
 	if err != nil {
 		return "", fmt.Errorf("nix build: %w", err)
 	}
@@ -45,6 +57,23 @@ func (n *Nix) Build(ctx context.Context, s Spec, c Checkout, log io.Writer) (out
 	}
 	fmt.Fprintf(log, "built %s in %s\n", outPath, time.Since(start).Round(time.Millisecond))
 	return outPath, nil
+}
+
+// ResetCache removes the target's nix cache (its clone of the repository
+// and its evaluation cache). A nix stopped in the middle of a fetch can leave
+// that clone unusable ("not a git repository") for every later build; the
+// next build fetches it again from the local bare cache, which is quick.
+func (n *Nix) ResetCache(s Spec) error {
+	if s.NixCache == "" {
+		return nil
+	}
+	if !filepath.IsAbs(s.NixCache) {
+		return fmt.Errorf("reset nix cache: %q is not absolute", s.NixCache)
+	}
+	if err := os.RemoveAll(s.NixCache); err != nil {
+		return fmt.Errorf("reset nix cache: %w", err)
+	}
+	return nil
 }
 
 // installable is the exact-commit flake reference of attr in c:

@@ -17,6 +17,7 @@ func SpecFor(t config.Target, c *config.Config) builder.Spec {
 		Token:         t.Token,
 		CacheDir:      filepath.Join(c.StateDir, "git", t.Name+".git"),
 		Attr:          t.Attr,
+		NixCache:      filepath.Join(c.StateDir, "nix-cache", t.Name),
 		Nix:           c.Nix,
 		NixFlags:      append([]string(nil), c.NixFlags...),
 		Activate:      t.Activate,
