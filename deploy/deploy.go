@@ -95,4 +95,10 @@ type Store interface {
 	// LastSucceeded returns the newest succeeded deploy of a target, or
 	// ErrNotFound.
 	LastSucceeded(ctx context.Context, target string) (*Deploy, error)
+	// MarkStatusPosted records that the final commit status of a deploy
+	// reached the forge, or that it needs none.
+	MarkStatusPosted(ctx context.Context, id int64) error
+	// Unposted returns the finished deploys, finished at or after since,
+	// whose final status is not marked posted, oldest first.
+	Unposted(ctx context.Context, since time.Time) ([]*Deploy, error)
 }

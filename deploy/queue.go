@@ -25,6 +25,8 @@ type Fetcher interface {
 // Builder builds a fetched commit (builder.Nix).
 type Builder interface {
 	Build(ctx context.Context, s builder.Spec, c builder.Checkout, log io.Writer) (outPath string, err error)
+	// ResetCache drops what a build cut short may have left half written.
+	ResetCache(s builder.Spec) error
 }
 
 // SwitcherFunc makes the Switcher for a target's activation mode
@@ -127,7 +129,7 @@ func New(opts Options) (*Queue, error) {
 		q.targets[t.Name] = &targetQueue{target: t}
 		q.secrets = append(q.secrets, t.Token.Reveal(), t.WebhookSecret.Reveal())
 		if n, ok := opts.Notifiers[t.Name]; ok && n != nil {
-			q.senders[t.Name] = newStatusSender(n, opts.Log.With("target", t.Name), now)
+			q.senders[t.Name] = newStatusSender(n, opts.Log.With("target", t.Name), now, q.statusPosted)
 		}
 	}
 	q.runCtx, q.cancelRuns = context.WithCancel(context.Background())
@@ -170,6 +172,7 @@ func (q *Queue) Start(ctx context.Context) error {
 	}
 	for _, d := range interrupted {
 		was := d.State
+		q.resetCache(d.Target)
 		d.Error = fmt.Sprintf("flakeship stopped while the deploy was %s", was)
 		retry := d.Trigger != TriggerRetry && len(queued[d.Target]) == 0
 		if !retry && d.Trigger == TriggerRetry {
@@ -177,6 +180,12 @@ func (q *Queue) Start(ctx context.Context) error {
 		}
 		if err := q.transition(ctx, d, Interrupted, !retry); err != nil {
 			return err
+		}
+		if retry {
+			// Its retry reports on the same commit; this one owes no status.
+			if err := q.store.MarkStatusPosted(ctx, d.ID); err != nil {
+				return fmt.Errorf("recover deploys: %w", err)
+			}
 		}
 		q.log.Warn("deploy interrupted by a stop", "target", d.Target, "deploy_id", d.ID,
 			"sha", short(d.SHA), "state", was, "retry", retry)
@@ -193,6 +202,9 @@ func (q *Queue) Start(ctx context.Context) error {
 		}
 		q.fillURL(nd)
 		queued[d.Target] = append(queued[d.Target], nd)
+	}
+	if err := q.resendStatuses(ctx); err != nil {
+		return err
 	}
 	names := make([]string, 0, len(queued))
 	for name := range queued {
@@ -372,9 +384,10 @@ func (q *Queue) List(ctx context.Context, f Filter) ([]*Deploy, error) {
 func (q *Queue) LogPath(id int64) string { return logPath(q.cfg.StateDir, id) }
 
 // Shutdown stops intake, lets running deploys finish until ctx ends, then
-// cancels their fetch or build (they end interrupted and are retried on the
-// next start), waits for them, and gives the forge a last chance to receive
-// the final statuses.
+// cancels their fetch or build (their records stay as they are, and the next
+// Start marks them interrupted and retries them), waits for them, and gives
+// the forge a last chance to receive the final statuses. Queued deploys stay
+// queued for the next start.
 func (q *Queue) Shutdown(ctx context.Context) error {
 	q.mu.Lock()
 	q.closed = true
@@ -452,7 +465,66 @@ func (q *Queue) notify(d *Deploy) {
 		Description: describe(d),
 		TargetURL:   d.URL,
 		State:       d.State.CommitState(),
-	})
+	}, d.ID, d.State.Terminal())
+}
+
+// statusResendWindow is how far back Start looks for final statuses that
+// never reached the forge (flakeship stopped, or the forge was down).
+const statusResendWindow = 24 * time.Hour
+
+// resendStatuses posts again the final statuses that a stop kept from the
+// forge, except where a newer deploy of the same commit has spoken since.
+func (q *Queue) resendStatuses(ctx context.Context) error {
+	owed, err := q.store.Unposted(ctx, q.now().Add(-statusResendWindow))
+	if err != nil {
+		return fmt.Errorf("recover commit statuses: %w", err)
+	}
+	newest := map[string]map[string]int64{} // target -> sha -> newest deploy id
+	for _, d := range owed {
+		if _, ok := q.senders[d.Target]; !ok {
+			continue
+		}
+		if newest[d.Target] == nil {
+			recent, err := q.store.List(ctx, Filter{Target: d.Target, Limit: 1000})
+			if err != nil {
+				return fmt.Errorf("recover commit statuses: %w", err)
+			}
+			newest[d.Target] = map[string]int64{}
+			for _, r := range recent {
+				if r.ID > newest[d.Target][r.SHA] {
+					newest[d.Target][r.SHA] = r.ID
+				}
+			}
+		}
+		if newest[d.Target][d.SHA] > d.ID {
+			continue
+		}
+		q.fillURL(d)
+		q.log.Info("posting a commit status owed since the last stop", "target", d.Target,
+			"deploy_id", d.ID, "sha", short(d.SHA), "state", d.State)
+		q.notify(d)
+	}
+	return nil
+}
+
+// statusPosted records that deploy id's final status reached the forge.
+func (q *Queue) statusPosted(id int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := q.store.MarkStatusPosted(ctx, id); err != nil {
+		q.log.Warn("commit status delivery not recorded", "deploy_id", id, "err", err)
+	}
+}
+
+// resetCache drops the build cache of a target whose build was cut short.
+func (q *Queue) resetCache(target string) {
+	tq, ok := q.targets[target]
+	if !ok {
+		return
+	}
+	if err := q.builder.ResetCache(SpecFor(tq.target, q.cfg)); err != nil {
+		q.log.Warn("build cache not reset", "target", target, "err", err)
+	}
 }
 
 func (q *Queue) fillURL(d *Deploy) {

@@ -75,11 +75,21 @@ func newRig(t *testing.T, targets ...string) *rig {
 
 // commit pushes a commit whose build succeeds (or fails) and returns it.
 func (r *rig) commit(ok bool) string {
-	r.n++
-	script := fmt.Sprintf(": %s; echo build %d > $out", r.nonce, r.n)
-	if !ok {
-		script = "echo broken >&2; exit 1"
+	script := "echo broken >&2; exit 1"
+	if ok {
+		script = "echo built > $out"
 	}
+	return r.commitScript(script)
+}
+
+// commitSlow pushes a commit whose build takes a second or two.
+func (r *rig) commitSlow() string {
+	return r.commitScript("i=0; while [ $i -lt 1500000 ]; do i=$((i+1)); done; echo built > $out")
+}
+
+func (r *rig) commitScript(script string) string {
+	r.n++
+	script = fmt.Sprintf(": %s %d; %s", r.nonce, r.n, script)
 	flake := fmt.Sprintf(`{ outputs = { self }: { packages.%[1]s.default = derivation {
   name = "queue-test"; system = "%[1]s"; builder = "/bin/sh"; args = [ "-c" %[2]q ]; }; }; }
 `, r.system, script)
@@ -89,6 +99,18 @@ func (r *rig) commit(ok bool) string {
 }
 
 func (r *rig) queue() *deploy.Queue {
+	r.t.Helper()
+	q := r.newQueue()
+	r.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		q.Shutdown(ctx)
+	})
+	return q
+}
+
+// newQueue starts a queue on the rig's store; the caller shuts it down.
+func (r *rig) newQueue() *deploy.Queue {
 	r.t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	nix := &builder.Nix{Binary: r.cfg.Nix, Flags: r.cfg.NixFlags}
@@ -111,11 +133,6 @@ func (r *rig) queue() *deploy.Queue {
 	if err := q.Start(context.Background()); err != nil {
 		r.t.Fatal(err)
 	}
-	r.t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		q.Shutdown(ctx)
-	})
 	return q
 }
 
@@ -317,5 +334,68 @@ func TestStartRecoversWhatAStopLeft(t *testing.T) {
 	apiAll, _ := q.List(ctx, deploy.Filter{Target: "api", Limit: 100})
 	if len(apiAll) != 3 {
 		t.Errorf("api has %d deploys, want 3 (a retry of a retry is never made)", len(apiAll))
+	}
+}
+
+// TestShutdownInterruptsABuildThatOutlastsTheGrace stops a queue whose
+// grace period is over while a build runs; the next start retries it.
+func TestShutdownInterruptsABuildThatOutlastsTheGrace(t *testing.T) {
+	r := newRig(t, "app")
+	slow, queued := r.commitSlow(), r.commit(true)
+	ctx := context.Background()
+	q := r.newQueue()
+	running, _, err := q.SubmitPush(ctx, "app", push(slow, "slow"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, q, running.ID, deploy.Building)
+	graceOver, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := q.Shutdown(graceOver); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if _, _, err := q.SubmitPush(ctx, "app", push(queued, "late")); err == nil {
+		t.Fatal("a stopped queue accepted a push")
+	}
+	left, err := r.store.Get(ctx, running.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left.State != deploy.Building {
+		t.Fatalf("interrupted build stored as %s, want it left building for the next start", left.State)
+	}
+
+	q2 := r.queue()
+	if got := waitEnd(t, q2, running.ID); got.State != deploy.Interrupted {
+		t.Errorf("build cut short by the stop ended %s, want interrupted", got.State)
+	}
+	all, err := q2.List(ctx, deploy.Filter{Target: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 2 || all[0].Trigger != deploy.TriggerRetry || all[0].SHA != slow {
+		t.Fatalf("deploys after the restart = %+v, want the interrupted one and its retry", all)
+	}
+	if got := waitEnd(t, q2, all[0].ID); got.State != deploy.Succeeded {
+		t.Errorf("retry ended %s, want succeeded", got.State)
+	}
+}
+
+// waitState waits until deploy id is in state s.
+func waitState(t *testing.T, q *deploy.Queue, id int64, s deploy.State) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		d, err := q.Get(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.State == s {
+			return
+		}
+		if d.State.Terminal() || time.Now().After(deadline) {
+			t.Fatalf("deploy %d is %s, want %s", id, d.State, s)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -46,13 +46,21 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 	// stopped ends the deploy if its fetch or build was cut short.
 	stopped := func(step string, err error) bool {
 		cause := context.Cause(buildCtx)
+		if cause != nil && step == "build" {
+			q.resetCache(t.Name)
+		}
 		switch {
 		case errors.Is(cause, errCancelled):
 			lf.Printf("== %s cancelled", step)
 			q.fail(rec, d, Cancelled, step+" cancelled by request")
 		case errors.Is(cause, errShutdown) || (cause != nil && errors.Is(context.Cause(ctx), context.Canceled)):
+			// The record stays in its running state, as after a crash:
+			// the next start marks it interrupted and retries it, the one
+			// way both kinds of stop are recovered. Its status stays
+			// pending for that retry.
 			lf.Printf("== %s interrupted: flakeship is stopping; the deploy is retried on the next start", step)
-			q.fail(rec, d, Interrupted, "flakeship stopped during "+step)
+			q.log.Warn("deploy left for a retry on the next start", "target", d.Target,
+				"deploy_id", d.ID, "sha", short(d.SHA), "state", d.State)
 		case cause != nil:
 			lf.Printf("== %s stopped: %v", step, cause)
 			q.fail(rec, d, Failed, fmt.Sprintf("%s: %v", step, cause))

@@ -20,6 +20,7 @@ import (
 // maxAge.
 type statusSender struct {
 	n      notifier.Notifier
+	posted func(deployID int64) // called when a deploy's final status was delivered
 	log    *slog.Logger
 	now    func() time.Time
 	maxAge time.Duration
@@ -33,13 +34,16 @@ type statusSender struct {
 }
 
 type queuedStatus struct {
-	status forge.Status
-	since  time.Time
+	status   forge.Status
+	since    time.Time
+	deployID int64
+	final    bool // the deploy's last status
 }
 
-func newStatusSender(n notifier.Notifier, log *slog.Logger, now func() time.Time) *statusSender {
+func newStatusSender(n notifier.Notifier, log *slog.Logger, now func() time.Time, posted func(int64)) *statusSender {
 	return &statusSender{
 		n:       n,
+		posted:  posted,
 		log:     log,
 		now:     now,
 		maxAge:  time.Hour,
@@ -56,13 +60,13 @@ func statusKey(s forge.Status) string {
 
 // send queues s, replacing a waiting status of the same commit, context and
 // state.
-func (ss *statusSender) send(s forge.Status) {
+func (ss *statusSender) send(s forge.Status, deployID int64, final bool) {
 	ss.mu.Lock()
 	k := statusKey(s)
 	if _, ok := ss.waiting[k]; !ok {
 		ss.order = append(ss.order, k)
 	}
-	ss.waiting[k] = queuedStatus{status: s, since: ss.now()}
+	ss.waiting[k] = queuedStatus{status: s, since: ss.now(), deployID: deployID, final: final}
 	ss.mu.Unlock()
 	select {
 	case ss.wake <- struct{}{}:
@@ -132,6 +136,9 @@ func (ss *statusSender) run(ctx context.Context) {
 				ss.requeue(q)
 				failed = true
 				break
+			}
+			if q.final && ss.posted != nil {
+				ss.posted(q.deployID)
 			}
 		}
 		var retry <-chan time.Time

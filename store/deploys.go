@@ -368,3 +368,31 @@ func short(sha string) string {
 	}
 	return sha
 }
+
+// MarkStatusPosted records that the final commit status of deploy id reached
+// the forge, or that it needs none. It returns an error that is
+// deploy.ErrNotFound for an unknown deploy.
+func (s *Store) MarkStatusPosted(ctx context.Context, id int64) error {
+	res, err := s.write.ExecContext(ctx, `UPDATE deploys SET status_posted = 1 WHERE id = ?`, id)
+	if err == nil {
+		var n int64
+		if n, err = res.RowsAffected(); err == nil && n == 0 {
+			err = deploy.ErrNotFound
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("store: mark status of deploy %d posted: %w", id, err)
+	}
+	return nil
+}
+
+// Unposted returns the finished deploys, finished at or after since, whose
+// final commit status is not marked posted, oldest first.
+func (s *Store) Unposted(ctx context.Context, since time.Time) ([]*deploy.Deploy, error) {
+	ds, err := s.query(ctx, `SELECT `+deployColumns+` FROM deploys
+		WHERE status_posted = 0 AND finished_at >= ? ORDER BY id`, formatTime(since))
+	if err != nil {
+		return nil, fmt.Errorf("store: list deploys with unposted statuses: %w", err)
+	}
+	return ds, nil
+}
