@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -121,7 +123,7 @@ func TestPushDeploysBuildsRollsBackAndCoalesces(t *testing.T) {
 
 			// No status is left pending.
 			waitFor(t, 30*time.Second, func() bool { return len(a.pendingShas()) == 0 },
-				func() string { return fmt.Sprintf("commits left pending: %v", a.pendingShas()) })
+				func() string { return fmt.Sprintf("commits left pending: %v%s", a.pendingShas(), a.statusDump()) })
 			f.stop(syscall.SIGTERM)
 		})
 	}
@@ -243,7 +245,7 @@ func TestKilledMidBuildRetriesAndLosesNothing(t *testing.T) {
 			}
 			retry := f.retryOf(id1)
 			if retry.Trigger != "retry" || retry.SHA != sha1 || retry.State != "succeeded" {
-				t.Fatalf("retry of deploy %d = %+v, want a succeeded retry of %s", id1, retry, sha1)
+				t.Fatalf("retry of deploy %d = %+v, want a succeeded retry of %s\n%s", id1, retry, sha1, a.deployLog(retry.ID))
 			}
 			a.wantRunning(1)
 			a.waitStatus(sha1, "success")
@@ -270,7 +272,7 @@ func TestKilledMidBuildRetriesAndLosesNothing(t *testing.T) {
 			}
 			a.wantRunning(4)
 			waitFor(t, 30*time.Second, func() bool { return len(a.pendingShas()) == 0 },
-				func() string { return fmt.Sprintf("commits left pending: %v", a.pendingShas()) })
+				func() string { return fmt.Sprintf("commits left pending: %v%s", a.pendingShas(), a.statusDump()) })
 			f.stop(syscall.SIGTERM)
 		})
 	}
@@ -303,6 +305,24 @@ func (f *flakeship) retryOf(id int64) deployRecord {
 		return false
 	}, func() string { return fmt.Sprintf("no finished retry of deploy %d\n%s", id, f.logs.String()) })
 	return retry
+}
+
+// deployLog returns deploy id's log file, for failure messages.
+func (a *app) deployLog(id int64) string {
+	b, err := os.ReadFile(filepath.Join(a.stateDir, "logs", fmt.Sprintf("%d.log", id)))
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
+}
+
+// statusDump lists every status the forge received, for failure messages.
+func (a *app) statusDump() string {
+	var b strings.Builder
+	for _, s := range a.forge.Statuses() {
+		fmt.Fprintf(&b, "\n  %s %s %q %s", s.SHA[:7], s.State, s.Description, s.TargetURL)
+	}
+	return b.String()
 }
 
 // pendingShas lists the commits whose newest status is still pending.
@@ -354,4 +374,29 @@ func logSteps(t *testing.T, f *flakeship, d deployRecord) {
 		parts = append(parts, fmt.Sprintf("%s %s", s.Name, took.Round(time.Millisecond)))
 	}
 	t.Logf("deploy %d step times: %s; total %s", d.ID, strings.Join(parts, ", "), total.Round(time.Millisecond))
+}
+
+// TestSigtermLetsTheRunningDeployFinish stops flakeship with SIGTERM while
+// it builds: it stops taking deliveries, finishes the deploy within its
+// grace period, and exits; nothing is left for a retry.
+func TestSigtermLetsTheRunningDeployFinish(t *testing.T) {
+	a := newApp(t, "github")
+	f := a.start()
+	sha, d := a.push(slow)
+	id := d.accepted(t, f.base)
+	f.waitState(id, "building")
+	f.stop(syscall.SIGTERM)
+	if code := f.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("flakeship exited %d after SIGTERM, want 0\n%s", code, f.logs.String())
+	}
+	a.wantRunning(1)
+
+	f = a.start()
+	if got := f.deploy(id); got.State != "succeeded" || got.SHA != sha {
+		t.Fatalf("deploy running at SIGTERM = %+v, want succeeded", got)
+	}
+	if n := len(f.deploys()); n != 1 {
+		t.Errorf("%d deploys after the restart, want 1 (no retry)", n)
+	}
+	a.waitStatus(sha, "success")
 }
