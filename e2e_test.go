@@ -268,25 +268,8 @@ type flakeship struct {
 	t    *testing.T
 	cmd  *exec.Cmd
 	base string // http://127.0.0.1:port
-	logs *lockedBuffer
+	logs *testenv.Buffer
 	done chan struct{}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 var listeningRE = regexp.MustCompile(`msg="flakeship listening" addr=(127\.0\.0\.1:\d+)`)
@@ -302,7 +285,7 @@ func (a *app) start() *flakeship {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &flakeship{t: t, cmd: cmd, logs: &lockedBuffer{}, done: make(chan struct{})}
+	f := &flakeship{t: t, cmd: cmd, logs: &testenv.Buffer{}, done: make(chan struct{})}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -31,14 +31,14 @@ type fetchEnv struct {
 	repo    *gittest.Repo
 	fetcher *Fetcher
 	spec    Spec
-	slog    *fetchLogBuffer // what the Fetcher logged through slog
+	slog    *testenv.Buffer // what the Fetcher logged through slog
 }
 
 func newFetchEnv(t testing.TB, opts ...gittest.Option) *fetchEnv {
 	t.Helper()
 	testenv.Require(t, "git")
 	srv := gittest.NewServer(t, opts...)
-	logs := &fetchLogBuffer{}
+	logs := &testenv.Buffer{}
 	return &fetchEnv{
 		srv:     srv,
 		repo:    srv.NewRepo(t, "app"),
@@ -78,27 +78,9 @@ func (e *fetchEnv) mustFetch(t testing.TB, sha string) string {
 	return log
 }
 
-// fetchLogBuffer is a bytes.Buffer safe for the concurrent writes of a test.
-type fetchLogBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *fetchLogBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *fetchLogBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // hookWriter calls hook with each write, as Fetch writes its log.
 type hookWriter struct {
-	buf  fetchLogBuffer
+	buf  testenv.Buffer
 	hook func(p string)
 }
 

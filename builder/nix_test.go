@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -116,7 +115,7 @@ func TestNixBuildTimeoutKillsTheBuildAndItsBuilder(t *testing.T) {
 	c := repo.commit("spin", map[string]string{"marker": marker})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 	defer cancel()
-	log := &syncBuffer{}
+	log := &testenv.Buffer{}
 	outPath, err := testNix().Build(ctx, repo.spec(), c, log)
 	if err == nil {
 		t.Fatalf("Build = %q, want an error", outPath)
@@ -337,24 +336,6 @@ func (r *flakeRepo) git(dir string, args ...string) string {
 		r.t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
 	}
 	return string(out)
-}
-
-// syncBuffer is a log writer safe to read while a command writes to it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // pollUntil checks cond with a growing delay until it holds or timeout

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flakeship/flakeship/internal/testenv"
+
 	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
 	"github.com/flakeship/flakeship/forge"
@@ -98,37 +100,19 @@ func (f *fakeDeployer) Calls() []submitCall {
 	return append([]submitCall(nil), f.calls...)
 }
 
-// syncBuffer is a log sink safe for the server's goroutines and the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // testServer is a running Server on 127.0.0.1 with a client for it.
 type testServer struct {
 	addr   string
 	url    string
 	client *http.Client
-	logs   *syncBuffer
+	logs   *testenv.Buffer
 }
 
 // newTestServer starts a Server with opts (Log is set here) on
 // 127.0.0.1:0, and stops it, proving Listen returned, when the test ends.
 func newTestServer(t *testing.T, opts Options) *testServer {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	opts.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s := New(opts)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

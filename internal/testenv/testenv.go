@@ -5,10 +5,12 @@
 package testenv
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -77,4 +79,25 @@ func System(t testing.TB) string {
 		t.Fatalf("nix eval builtins.currentSystem: %v", err)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// Buffer is a bytes.Buffer that goroutines may write while a test reads it:
+// a log sink for code under test. The zero Buffer is ready to use.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write implements io.Writer.
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
