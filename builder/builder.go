@@ -69,6 +69,10 @@ type Switcher interface {
 	// Verify waits, up to the spec's HealthTimeout, until the unit is active
 	// and HealthURL (if set) answers 2xx.
 	Verify(ctx context.Context, log io.Writer) error
-	// Rollback makes generation to current again and makes it run.
+	// SwitchTo makes the existing generation to current and makes it run,
+	// without waiting for it to be healthy (call Verify for that).
+	SwitchTo(ctx context.Context, to Generation, log io.Writer) error
+	// Rollback makes generation to current again, makes it run, and
+	// verifies it.
 	Rollback(ctx context.Context, to Generation, log io.Writer) error
 }

@@ -112,12 +112,20 @@ func (p *profileSwitcher) Verify(ctx context.Context, log io.Writer) error {
 	return nil
 }
 
+// SwitchTo implements Switcher.
+func (p *profileSwitcher) SwitchTo(ctx context.Context, to Generation, log io.Writer) error {
+	if err := p.profile.switchTo(ctx, to, log); err != nil {
+		return err
+	}
+	fmt.Fprintf(log, "profile %s is at generation %d: %s\n", p.profile.path, to.Number, to.OutPath)
+	return nil
+}
+
 // Rollback implements Switcher.
 func (p *profileSwitcher) Rollback(ctx context.Context, to Generation, log io.Writer) error {
-	if err := p.profile.switchTo(ctx, to, log); err != nil {
+	if err := p.SwitchTo(ctx, to, log); err != nil {
 		return fmt.Errorf("rollback: %w", err)
 	}
-	fmt.Fprintf(log, "profile %s is back at generation %d: %s\n", p.profile.path, to.Number, to.OutPath)
 	return nil
 }
 
@@ -247,16 +255,22 @@ func (s *serviceSwitcher) check(ctx context.Context, log io.Writer, v *verificat
 // even the rolled-back build is unhealthy.
 func (s *serviceSwitcher) Rollback(ctx context.Context, to Generation, log io.Writer) error {
 	fmt.Fprintf(log, "rolling back %s to generation %d: %s\n", s.unit, to.Number, to.OutPath)
-	if err := s.profile.switchTo(ctx, to, log); err != nil {
-		return fmt.Errorf("rollback: %w", err)
-	}
-	if err := s.restart(ctx, log); err != nil {
+	if err := s.SwitchTo(ctx, to, log); err != nil {
 		return fmt.Errorf("rollback: %w", err)
 	}
 	if err := s.Verify(ctx, log); err != nil {
 		return fmt.Errorf("rollback: %w", err)
 	}
 	return nil
+}
+
+// SwitchTo implements Switcher: the profile goes to generation to and the
+// unit restarts.
+func (s *serviceSwitcher) SwitchTo(ctx context.Context, to Generation, log io.Writer) error {
+	if err := s.profile.switchTo(ctx, to, log); err != nil {
+		return err
+	}
+	return s.restart(ctx, log)
 }
 
 // restart restarts the unit. systemd refuses a start beyond the unit's

@@ -19,6 +19,7 @@ type logFile struct {
 	secrets [][]byte
 	partial []byte
 	err     error
+	changed chan struct{} // closed and replaced after each write to the file
 }
 
 // logPath is where deploy id's log lives.
@@ -34,7 +35,7 @@ func openLog(path string, secrets []string) (*logFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open deploy log: %w", err)
 	}
-	l := &logFile{f: f}
+	l := &logFile{f: f, changed: make(chan struct{})}
 	for _, s := range secrets {
 		if s != "" {
 			l.secrets = append(l.secrets, []byte(s))
@@ -73,6 +74,15 @@ func (l *logFile) writeLocked(b []byte) {
 	if _, err := l.f.Write(b); err != nil && l.err == nil {
 		l.err = err
 	}
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+// grew returns a channel that is closed when the log next grows.
+func (l *logFile) grew() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.changed
 }
 
 // Close writes what is left and closes the file.

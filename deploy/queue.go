@@ -20,6 +20,8 @@ import (
 // Fetcher fetches one commit of a target (builder.Fetcher).
 type Fetcher interface {
 	Fetch(ctx context.Context, s builder.Spec, sha string, log io.Writer) (builder.Checkout, error)
+	// ResolveBranch returns the head of a branch of the target's repository.
+	ResolveBranch(ctx context.Context, s builder.Spec, branch string) (string, error)
 }
 
 // Builder builds a fetched commit (builder.Nix).
@@ -72,6 +74,8 @@ type Queue struct {
 	targets map[string]*targetQueue
 	active  int // deploys running now
 	runs    sync.WaitGroup
+	live    map[int64]*logFile // logs of running deploys
+	changed chan struct{}      // closed and replaced at every transition
 
 	// stopCtx ends the status senders; runCtx is the parent of every
 	// deploy's fetch and build (cancelled when the grace period of Shutdown
@@ -123,6 +127,8 @@ func New(opts Options) (*Queue, error) {
 		now:      now,
 		senders:  map[string]*statusSender{},
 		targets:  map[string]*targetQueue{},
+		live:     map[int64]*logFile{},
+		changed:  make(chan struct{}),
 	}
 	q.secrets = append(q.secrets, opts.Config.AdminToken.Reveal(), opts.Config.ReadToken.Reveal())
 	for _, t := range opts.Config.Targets {
@@ -441,6 +447,8 @@ func (q *Queue) transition(ctx context.Context, d *Deploy, s State, post bool) e
 	if post {
 		q.notify(d)
 	}
+	close(q.changed)
+	q.changed = make(chan struct{})
 	q.log.Info("deploy state changed", "target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA),
 		"from", from, "state", s)
 	return nil

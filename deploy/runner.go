@@ -29,15 +29,25 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 		q.fail(rec, d, Failed, fmt.Sprintf("open deploy log: %v", err))
 		return
 	}
+	q.mu.Lock()
+	q.live[d.ID] = lf
+	q.mu.Unlock()
 	defer func() {
 		if err := lf.Close(); err != nil {
 			log.Error("deploy log incomplete", "err", err)
 		}
+		q.mu.Lock()
+		delete(q.live, d.ID)
+		q.mu.Unlock()
 	}()
 	lf.Printf("flakeship deploy %d of target %s: %s@%s (%s, branch %s)",
 		d.ID, d.Target, d.Repo, d.SHA, d.Trigger, d.Branch)
 
 	spec := SpecFor(t, q.cfg)
+	if d.Trigger == TriggerRollback {
+		q.executeRollback(spec, d, lf)
+		return
+	}
 	buildCtx, cancelBuild := context.WithTimeoutCause(ctx, t.BuildTimeout,
 		fmt.Errorf("BUILD_TIMEOUT of %s exceeded", t.BuildTimeout))
 	defer cancelBuild()
@@ -96,7 +106,9 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 		return
 	}
 	lf.Printf("== built %s", outPath)
+	q.mu.Lock()
 	d.OutPath = outPath
+	q.mu.Unlock()
 
 	// From here on the deploy changes what runs: only the activation
 	// deadline ends it, never a cancel or a shutdown.
@@ -125,7 +137,9 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 		q.fail(rec, d, Failed, fmt.Sprintf("activate: %v", err))
 		return
 	}
+	q.mu.Lock()
 	d.Generation = gen.Number
+	q.mu.Unlock()
 	if err == nil {
 		if !q.step(rec, d, Verifying, lf) {
 			return
@@ -159,11 +173,59 @@ func (q *Queue) rollback(ctx, rec context.Context, d *Deploy, sw builder.Switche
 		return
 	}
 	lf.Printf("== rolled back to generation %d", prev.Number)
+	last, err := q.store.LastSucceeded(rec, d.Target)
+	q.mu.Lock()
 	d.Generation = prev.Number
-	if last, err := q.store.LastSucceeded(rec, d.Target); err == nil && last.Generation == prev.Number {
+	if err == nil && last.Generation == prev.Number {
 		d.describeSHA = last.SHA
 	}
+	q.mu.Unlock()
 	q.fail(rec, d, RolledBack, fmt.Sprintf("unhealthy: %v; rolled back to generation %d", cause, prev.Number))
+}
+
+// executeRollback runs a rollback deploy: the generation it names becomes
+// current again (activate), and must come up healthy (verify); otherwise the
+// generation that was current is restored.
+func (q *Queue) executeRollback(spec builder.Spec, d *Deploy, lf *logFile) {
+	rec := context.Background()
+	t, _ := q.cfg.Target(d.Target)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*t.HealthTimeout+activationSlack)
+	defer cancel()
+	to := builder.Generation{Number: d.Generation, OutPath: d.OutPath}
+	if !q.step(rec, d, Activating, lf) {
+		return
+	}
+	lf.Printf("== rolling back to generation %d (%s), deployed from %s", to.Number, to.OutPath, short(d.SHA))
+	sw, err := q.switcher(spec)
+	if err != nil {
+		lf.Printf("== activation failed: %v", err)
+		q.fail(rec, d, Failed, fmt.Sprintf("activate: %v", err))
+		return
+	}
+	cur, err := sw.Current(ctx)
+	if err != nil {
+		lf.Printf("== activation failed: %v", err)
+		q.fail(rec, d, Failed, fmt.Sprintf("activate: read profile: %v", err))
+		return
+	}
+	if cur.Number == to.Number {
+		lf.Printf("== generation %d is current already", to.Number)
+		q.fail(rec, d, Failed, fmt.Sprintf("activate: generation %d is current already", to.Number))
+		return
+	}
+	if err := sw.SwitchTo(ctx, to, lf); err != nil {
+		q.rollback(ctx, rec, d, sw, cur, true, err, lf)
+		return
+	}
+	if !q.step(rec, d, Verifying, lf) {
+		return
+	}
+	if err := sw.Verify(ctx, lf); err != nil {
+		q.rollback(ctx, rec, d, sw, cur, true, err, lf)
+		return
+	}
+	lf.Printf("== rolled back to generation %d (%s)", to.Number, short(d.SHA))
+	q.fail(rec, d, Succeeded, "")
 }
 
 // step moves d into a running state and marks it in the log.
@@ -216,6 +278,9 @@ func describe(d *Deploy) string {
 	case Verifying:
 		return "Checking health of " + sha
 	case Succeeded:
+		if d.Trigger == TriggerRollback {
+			return "Rolled back to " + sha
+		}
 		took := time.Duration(0)
 		if d.StartedAt != nil && d.FinishedAt != nil {
 			took = d.FinishedAt.Sub(*d.StartedAt).Round(time.Second)

@@ -28,7 +28,8 @@ const (
 
 // next is the single source of truth for transitions.
 var next = map[State][]State{
-	Queued:     {Fetching, Superseded, Cancelled, Interrupted},
+	// Activating: a rollback deploy, which has nothing to fetch or build.
+	Queued:     {Fetching, Activating, Superseded, Cancelled, Interrupted},
 	Fetching:   {Building, Failed, Cancelled, Interrupted},
 	Building:   {Activating, Failed, Cancelled, Interrupted},
 	Activating: {Verifying, Failed, RolledBack, Interrupted},

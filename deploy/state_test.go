@@ -11,7 +11,7 @@ import (
 func TestAdvanceFollowsTheTableForEveryPairOfStates(t *testing.T) {
 	legal := map[[2]State]bool{}
 	for from, tos := range map[State][]State{
-		Queued:     {Fetching, Superseded, Cancelled, Interrupted},
+		Queued:     {Fetching, Activating, Superseded, Cancelled, Interrupted},
 		Fetching:   {Building, Failed, Cancelled, Interrupted},
 		Building:   {Activating, Failed, Cancelled, Interrupted},
 		Activating: {Verifying, Failed, RolledBack, Interrupted},

@@ -1,0 +1,48 @@
+package deploy
+
+import (
+	"errors"
+)
+
+// ErrInvalid is returned (wrapped with the reason) for a manual request
+// whose ref or sha is not acceptable.
+var ErrInvalid = errors.New("invalid request")
+
+// ErrNothingToRollBack is returned by Rollback when the target has no
+// earlier build to go back to.
+var ErrNothingToRollBack = errors.New("nothing to roll back to")
+
+// ManualRequest is what an operator asks to deploy: the branch head (both
+// empty), the head of a branch (Ref), or one commit (SHA). The commit must be
+// on the target's configured branch, as for a push.
+type ManualRequest struct {
+	Ref string `json:"ref,omitempty"`
+	SHA string `json:"sha,omitempty"`
+}
+
+// TargetStatus is one target as the operator pages and GET /api/targets show
+// it.
+type TargetStatus struct {
+	Name       string  `json:"name"`
+	Forge      string  `json:"forge"`
+	Repo       string  `json:"repo"`
+	Branch     string  `json:"branch"`
+	Activate   string  `json:"activate"`
+	Unit       string  `json:"unit,omitempty"`
+	CurrentSHA string  `json:"current_sha"` // commit of the build that runs, "" before the first deploy
+	Generation int     `json:"generation"`  // its profile generation, 0 before the first deploy
+	LastDeploy *Deploy `json:"last_deploy"` // newest deploy of any state, nil if none
+	Running    *Deploy `json:"running"`     // the deploy being worked on, nil if none
+	Queued     *Deploy `json:"queued"`      // the deploy waiting for it, nil if none
+}
+
+// Observer is told about what the queue does, for metrics. Its methods are
+// called with the queue's lock held: they must be quick and not call back.
+type Observer interface {
+	// Transition is called after d moved from state from to d.State and
+	// was recorded.
+	Transition(d *Deploy, from State)
+	// Waiting is called with the number of deploys queued behind running
+	// ones whenever it may have changed.
+	Waiting(n int)
+}
