@@ -91,7 +91,7 @@ func run(ctx context.Context, environ []string, logOut io.Writer, ready chan<- n
 		ln.Close()
 		return err
 	}
-	srv := server.New(server.Options{Config: cfg, Deployer: queue, Deploys: queue, Log: log})
+	srv := server.New(server.Options{Config: cfg, Deployer: queue, Operator: queue, Log: log})
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Listen(ln) }()
 	log.Info("flakeship listening", "addr", ln.Addr().String(), "public_url", cfg.PublicURL,

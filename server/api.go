@@ -13,6 +13,14 @@ import (
 	"github.com/flakeship/flakeship/deploy"
 )
 
+// apiRoutes sets up /api: reads behind requireRead, writes behind the admin
+// token.
+func (s *Server) apiRoutes(app *fiber.App) {
+	api := app.Group("/api", s.requireRead)
+	api.Get("/deploys", s.listDeploys)
+	api.Get("/deploys/:id", s.getDeploy)
+}
+
 // requireRead lets a request through when reading is open (no read token is
 // configured) or when it carries the read or the admin token as a bearer
 // token.
@@ -54,7 +62,7 @@ func (s *Server) getDeploy(c *fiber.Ctx) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), submitTimeout)
 	defer cancel()
-	d, err := s.deploys.Get(ctx, id)
+	d, err := s.operator.Get(ctx, id)
 	if errors.Is(err, deploy.ErrNotFound) {
 		return s.writeError(c, s.log, notFound("deploy %d not found", id))
 	}
@@ -90,7 +98,7 @@ func (s *Server) listDeploys(c *fiber.Ctx) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), submitTimeout)
 	defer cancel()
-	ds, err := s.deploys.List(ctx, f)
+	ds, err := s.operator.List(ctx, f)
 	if err != nil {
 		return s.writeError(c, s.log, err)
 	}

@@ -46,7 +46,11 @@ const (
 type Options struct {
 	Config   *config.Config // required
 	Deployer Deployer       // required
-	Deploys  Deploys        // the read API; nil serves no /api routes
+	Operator Operator       // the API and the pages; nil serves neither
+	// Metrics serves GET /metrics; nil serves none.
+	Metrics http.Handler
+	// Deliveries is told the answer to every webhook delivery; may be nil.
+	Deliveries DeliveryObserver
 	Log      *slog.Logger   // nil discards the log
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -59,7 +63,9 @@ type Options struct {
 type Server struct {
 	cfg         *config.Config
 	deployer    Deployer
-	deploys     Deploys
+	operator    Operator
+	metrics     http.Handler
+	deliveries  DeliveryObserver
 	log         *slog.Logger
 	now         func() time.Time
 	bodyLimit   int
@@ -72,7 +78,9 @@ func New(opts Options) *Server {
 	s := &Server{
 		cfg:         opts.Config,
 		deployer:    opts.Deployer,
-		deploys:     opts.Deploys,
+		operator:    opts.Operator,
+		metrics:     opts.Metrics,
+		deliveries:  opts.Deliveries,
 		log:         opts.Log,
 		now:         opts.Now,
 		bodyLimit:   opts.Config.BodyLimit,
@@ -120,10 +128,12 @@ func (s *Server) routes(app *fiber.App) {
 	app.Get("/healthz", func(c *fiber.Ctx) error {
 		return c.JSON(fiber.Map{"status": "ok"})
 	})
-	if s.deploys != nil {
-		api := app.Group("/api", s.requireRead)
-		api.Get("/deploys", s.listDeploys)
-		api.Get("/deploys/:id", s.getDeploy)
+	if s.operator != nil {
+		s.apiRoutes(app)
+		s.pageRoutes(app)
+	}
+	if s.metrics != nil {
+		s.metricsRoutes(app)
 	}
 	// Unmatched paths reach handleError as fiber's 404, and a known path
 	// with another method as its 405.
