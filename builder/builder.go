@@ -44,6 +44,7 @@ type Checkout struct {
 	Dir    string // the bare repository holding the commit, absolute
 	SHA    string // full hex commit id
 	Branch string // branch the commit was found on: refs/heads/<Branch> in Dir reaches SHA
+	Head   string // the branch's head commit when it was fetched
 }
 
 // Generation is one generation of a nix profile.

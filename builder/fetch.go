@@ -198,7 +198,39 @@ func (f *Fetcher) fetch(ctx context.Context, s Spec, sha string, log io.Writer) 
 			return Checkout{}, fmt.Errorf("write log: %w", err)
 		}
 	}
-	return Checkout{Dir: s.CacheDir, SHA: sha, Branch: s.Branch}, nil
+	return Checkout{Dir: s.CacheDir, SHA: sha, Branch: s.Branch, Head: head.String()}, nil
+}
+
+// IsAncestor reports whether commit ancestor is in the history of commit
+// descendant (a commit is its own ancestor), in the cache of a checkout. A
+// commit missing from the cache is in no history there: false, no error.
+func (f *Fetcher) IsAncestor(ctx context.Context, c Checkout, ancestor, descendant string) (bool, error) {
+	for _, sha := range []string{ancestor, descendant} {
+		if err := config.ValidateSHA(sha); err != nil {
+			return false, fmt.Errorf("is ancestor: %w", err)
+		}
+	}
+	unlock, err := f.lock(ctx, c.Dir)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	repo, err := git.PlainOpen(c.Dir)
+	if err != nil {
+		return false, fmt.Errorf("is ancestor: open cache: %w", err)
+	}
+	tip, err := repo.CommitObject(plumbing.NewHash(descendant))
+	if errors.Is(err, plumbing.ErrObjectNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("is ancestor: commit %s: %w", abbrevSHA(descendant), err)
+	}
+	found, err := isAncestor(ctx, tip, plumbing.NewHash(ancestor))
+	if err != nil {
+		return false, fmt.Errorf("is ancestor: history of %s: %w", abbrevSHA(descendant), err)
+	}
+	return found, nil
 }
 
 // checkCloneURL refuses an empty clone URL and one that a git program could

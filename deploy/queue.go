@@ -22,6 +22,9 @@ type Fetcher interface {
 	Fetch(ctx context.Context, s builder.Spec, sha string, log io.Writer) (builder.Checkout, error)
 	// ResolveBranch returns the head of a branch of the target's repository.
 	ResolveBranch(ctx context.Context, s builder.Spec, branch string) (string, error)
+	// IsAncestor reports whether one commit is in the history of another,
+	// in the cache of a checkout.
+	IsAncestor(ctx context.Context, c builder.Checkout, ancestor, descendant string) (bool, error)
 }
 
 // Builder builds a fetched commit (builder.Nix).

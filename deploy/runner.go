@@ -93,6 +93,15 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 		return
 	}
 
+	if current, stale := q.stale(buildCtx, d, checkout, lf); stale {
+		q.mu.Lock()
+		d.describeSHA = current.SHA
+		q.mu.Unlock()
+		q.fail(rec, d, Superseded, fmt.Sprintf("%s is deployed already, and %s is not newer than it: not deployed again",
+			short(current.SHA), short(d.SHA)))
+		return
+	}
+
 	if !q.step(rec, d, Building, lf) {
 		return
 	}
@@ -154,6 +163,52 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 	lf.Printf("== deployed %s as generation %d in %s", short(d.SHA), gen.Number, elapsed)
 	q.fail(rec, d, Succeeded, "")
 	log.Info("deploy succeeded", "generation", gen.Number, "duration", q.now().Sub(began), "steps", stepTimes(d))
+}
+
+// stale reports whether a push (or its retry) asks for nothing new: its
+// commit is the newest one deployed by a push or by hand (the high-water
+// mark; rollbacks do not lower it) or an older one, while that commit is
+// still on the branch. So a forge redelivering an old push, a captured
+// delivery replayed under a new delivery id, or deliveries arriving out of
+// order never restart the service, roll it back, or undo an operator's
+// rollback. A branch that was rewound (force-pushed back) no longer holds the
+// high-water commit, so its older commit deploys. Manual deploys and
+// rollbacks are never stale: they are what an operator asked for.
+func (q *Queue) stale(ctx context.Context, d *Deploy, c builder.Checkout, lf *logFile) (*Deploy, bool) {
+	if d.Trigger != TriggerPush && d.Trigger != TriggerRetry {
+		return nil, false
+	}
+	succeeded, err := q.store.List(ctx, Filter{Target: d.Target, State: Succeeded, Limit: 100})
+	if err != nil {
+		return nil, false
+	}
+	var current *Deploy
+	for _, s := range succeeded {
+		if s.Trigger != TriggerRollback {
+			current = s
+			break
+		}
+	}
+	if current == nil {
+		return nil, false
+	}
+	if current.SHA == d.SHA {
+		lf.Printf("== %s was deployed already (deploy %d): not deploying it again", short(d.SHA), current.ID)
+		return current, true
+	}
+	older, err := q.fetcher.IsAncestor(ctx, c, d.SHA, current.SHA)
+	if err != nil || !older {
+		return nil, false
+	}
+	onBranch, err := q.fetcher.IsAncestor(ctx, c, current.SHA, c.Head)
+	if err != nil || !onBranch {
+		lf.Printf("== %s is older than the deployed %s, but the branch no longer holds %s: deploying it",
+			short(d.SHA), short(current.SHA), short(current.SHA))
+		return nil, false
+	}
+	lf.Printf("== %s is older than the deployed %s, which is still on %s: not deploying it",
+		short(d.SHA), short(current.SHA), d.Branch)
+	return current, true
 }
 
 // rollback restores the generation that ran before d after d came up

@@ -30,7 +30,8 @@ const (
 var next = map[State][]State{
 	// Activating: a rollback deploy, which has nothing to fetch or build.
 	Queued:     {Fetching, Activating, Superseded, Cancelled, Interrupted},
-	Fetching:   {Building, Failed, Cancelled, Interrupted},
+	// Superseded: a push of a commit older than the one deployed.
+	Fetching:   {Building, Failed, Superseded, Cancelled, Interrupted},
 	Building:   {Activating, Failed, Cancelled, Interrupted},
 	Activating: {Verifying, Failed, RolledBack, Interrupted},
 	// Failed: unhealthy with no earlier generation to roll back to.

@@ -12,7 +12,7 @@ func TestAdvanceFollowsTheTableForEveryPairOfStates(t *testing.T) {
 	legal := map[[2]State]bool{}
 	for from, tos := range map[State][]State{
 		Queued:     {Fetching, Activating, Superseded, Cancelled, Interrupted},
-		Fetching:   {Building, Failed, Cancelled, Interrupted},
+		Fetching:   {Building, Failed, Superseded, Cancelled, Interrupted},
 		Building:   {Activating, Failed, Cancelled, Interrupted},
 		Activating: {Verifying, Failed, RolledBack, Interrupted},
 		Verifying:  {Succeeded, Failed, RolledBack, Interrupted},
