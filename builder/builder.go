@@ -26,7 +26,8 @@ type Spec struct {
 	Nix           string        // nix binary
 	NixFlags      []string      // extra flags for every nix call
 	Activate      string        // config.ActivateService, ActivateNixOS or ActivateNone
-	Unit          string        // systemd unit restarted after the switch (service mode)
+	NixOSAction   string        // config.NixOSSwitch, NixOSTest or NixOSBoot (nixos mode), "" for switch
+	Unit          string        // systemd unit restarted after the switch (service mode); nixos: checked if set
 	SystemdScope  string        // config.ScopeSystem or config.ScopeUser
 	Profile       string        // nix profile the build is set into
 	HealthURL     string        // polled after activation until 2xx, "" for none

@@ -71,7 +71,9 @@ func (e *fetchEnv) mustFetch(t testing.TB, sha string) string {
 	if _, bench := t.(*testing.B); !bench {
 		t.Logf("Fetch(%s) log:\n%s", sha[:7], log)
 	}
-	want := Checkout{Dir: e.spec.CacheDir, SHA: sha, Branch: e.spec.Branch}
+	// Head is the branch head the fetch brought into the cache.
+	head := strings.TrimSpace(e.repo.Git(t, "--git-dir", e.spec.CacheDir, "rev-parse", "refs/heads/"+e.spec.Branch))
+	want := Checkout{Dir: e.spec.CacheDir, SHA: sha, Branch: e.spec.Branch, Head: head}
 	if c != want {
 		t.Fatalf("Fetch(%s) = %+v, want %+v", sha[:7], c, want)
 	}

@@ -30,22 +30,25 @@ const (
 const settle = time.Second
 
 // NewSwitcher returns the Switcher of s.Activate: for "service", one that
-// sets the profile and restarts s.Unit; for "none", one that only sets the
-// profile. nix-env is taken from beside n's nix binary (see Nix). log
-// receives events an operator may want; command output goes to the log
-// writers of each call.
+// sets the profile and restarts s.Unit; for "nixos", one that sets the
+// system profile and runs the build's switch-to-configuration (see
+// nixosSwitcher); for "none", one that only sets the profile. nix-env is
+// taken from beside n's nix binary (see Nix). log receives events an
+// operator may want; command output goes to the log writers of each call.
 func NewSwitcher(s Spec, n *Nix, log *slog.Logger) (Switcher, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	switch s.Activate {
-	case config.ActivateService, config.ActivateNone:
-	case config.ActivateNixOS:
-		return nil, fmt.Errorf("target %s: nixos activation is not supported yet", s.Name)
+	case config.ActivateService, config.ActivateNixOS, config.ActivateNone:
 	default:
 		return nil, fmt.Errorf("target %s: unknown activation %q", s.Name, s.Activate)
 	}
-	p, err := newProfile(s.Profile, n.tool(s, "nix-env"))
+	profilePath := s.Profile
+	if profilePath == "" && s.Activate == config.ActivateNixOS {
+		profilePath = systemProfile
+	}
+	p, err := newProfile(profilePath, n.tool(s, "nix-env"))
 	if err != nil {
 		return nil, fmt.Errorf("target %s: %w", s.Name, err)
 	}
@@ -53,8 +56,12 @@ func NewSwitcher(s Spec, n *Nix, log *slog.Logger) (Switcher, error) {
 		return &profileSwitcher{profile: p}, nil
 	}
 
-	if err := config.ValidateUnit(s.Unit); err != nil {
-		return nil, fmt.Errorf("target %s: unit: %w", s.Name, err)
+	// A service has a unit to restart; a NixOS system restarts what its
+	// activation decides, and has its unit checked only if one is named.
+	if s.Activate == config.ActivateService || s.Unit != "" {
+		if err := config.ValidateUnit(s.Unit); err != nil {
+			return nil, fmt.Errorf("target %s: unit: %w", s.Name, err)
+		}
 	}
 	var scope []string
 	switch s.SystemdScope {
@@ -74,15 +81,25 @@ func NewSwitcher(s Spec, n *Nix, log *slog.Logger) (Switcher, error) {
 	if timeout <= 0 {
 		timeout = defaultHealthTimeout
 	}
-	return &serviceSwitcher{
-		profile:   p,
+	v := verifier{
+		subject:   s.Unit,
 		unit:      s.Unit,
 		scope:     scope,
 		healthURL: s.HealthURL,
 		health:    healthDisplay,
 		timeout:   timeout,
 		client:    newHealthClient(),
-		log:       log.With("target", s.Name, "unit", s.Unit),
+	}
+	if s.Activate == config.ActivateNixOS {
+		if v.subject == "" {
+			v.subject = "the system"
+		}
+		return newNixOSSwitcher(s, p, v)
+	}
+	return &serviceSwitcher{
+		profile:  p,
+		verifier: v,
+		log:      log.With("target", s.Name, "unit", s.Unit),
 	}, nil
 }
 
@@ -130,16 +147,12 @@ func (p *profileSwitcher) Rollback(ctx context.Context, to Generation, log io.Wr
 }
 
 // serviceSwitcher is activation "service": the unit runs what the profile
-// points at, and a switch is a new generation and a restart.
+// points at, and a switch is a new generation and a restart. Its verifier
+// always has a unit.
 type serviceSwitcher struct {
-	profile   profile
-	unit      string
-	scope     []string // systemctl flags of the scope: none, or --user
-	healthURL string
-	health    string // healthURL to show: without a password
-	timeout   time.Duration
-	client    *http.Client
-	log       *slog.Logger
+	profile profile
+	verifier
+	log *slog.Logger
 }
 
 // Current implements Switcher.
@@ -159,15 +172,43 @@ func (s *serviceSwitcher) Switch(ctx context.Context, outPath string, log io.Wri
 	return g, s.restart(ctx, log)
 }
 
-// Verify implements Switcher. It polls until the unit is active and then,
-// if a health URL is set, until that answers 2xx while the unit is still
-// active; without one, the unit must stay active for a moment (settle). It
-// gives up early when the unit fails, writing its status to log.
+// Verify implements Switcher: see verifier.verify.
 func (s *serviceSwitcher) Verify(ctx context.Context, log io.Writer) error {
+	return s.verify(ctx, log)
+}
+
+// verifier checks that an activation came up: a unit that must be active
+// (and stay so), a health URL that must answer 2xx, or both. A service
+// always has a unit; a NixOS system has what its target configures, maybe
+// nothing.
+type verifier struct {
+	subject   string   // what is checked, for messages: the unit, or "the system"
+	unit      string   // "" for none
+	scope     []string // systemctl flags of the scope: none, or --user
+	healthURL string   // "" for none
+	health    string   // healthURL to show: without a password
+	timeout   time.Duration
+	client    *http.Client
+}
+
+// verify polls until the unit is active and then, if a health URL is set,
+// until that answers 2xx while the unit is still active; without one, the
+// unit must stay active for a moment (settle). Without a unit, only the
+// health URL is polled. It gives up early when the unit fails, writing its
+// status to log, and when its timeout passes.
+func (s *verifier) verify(ctx context.Context, log io.Writer) error {
+	switch {
+	case s.unit == "" && s.healthURL == "":
+		fmt.Fprintf(log, "no unit and no health url to check %s with\n", s.subject)
+		return nil
+	case s.unit == "":
+		fmt.Fprintf(log, "waiting for health %s to answer 2xx\n", s.health)
+	default:
+		fmt.Fprintf(log, "waiting for %s to become active\n", s.unit)
+	}
 	waitCtx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	v := verification{start: time.Now(), last: "no answer yet"}
-	fmt.Fprintf(log, "waiting for %s to become active\n", s.unit)
 	delay := pollMin
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -175,9 +216,13 @@ func (s *serviceSwitcher) Verify(ctx context.Context, log io.Writer) error {
 		select {
 		case <-waitCtx.Done():
 			if ctx.Err() != nil {
-				return fmt.Errorf("verify %s: %w", s.unit, ctx.Err())
+				return fmt.Errorf("verify %s: %w", s.subject, ctx.Err())
 			}
-			err := fmt.Errorf("%s not healthy after %s: %s", s.unit, s.timeout, v.last)
+			err := fmt.Errorf("%s not healthy after %s: %s", s.subject, s.timeout, v.last)
+			if s.unit == "" {
+				fmt.Fprintln(log, err)
+				return err
+			}
 			fmt.Fprintf(log, "%v; its status:\n", err)
 			s.writeStatus(ctx, log)
 			return err
@@ -206,7 +251,15 @@ type verification struct {
 // check looks once. It returns what it saw, or done and Verify's result.
 // An error of a check cut short by ctx is not final: Verify's loop reports
 // the timeout or cancellation.
-func (s *serviceSwitcher) check(ctx context.Context, log io.Writer, v *verification) (seen string, done bool, err error) {
+func (s *verifier) check(ctx context.Context, log io.Writer, v *verification) (seen string, done bool, err error) {
+	if s.unit == "" {
+		code, err := checkHealth(ctx, s.client, s.healthURL, s.health)
+		if err != nil {
+			return err.Error(), false, nil
+		}
+		fmt.Fprintf(log, "health %s answered %d after %s\n", s.health, code, since(v.start))
+		return "", true, nil
+	}
 	state, err := s.probe(ctx, "is-active")
 	switch {
 	case err != nil && ctx.Err() != nil:
@@ -317,7 +370,7 @@ func (s *serviceSwitcher) systemctl(ctx context.Context, log io.Writer, verb str
 // probe runs `systemctl [--user] <verb> [flags...] <unit>` and returns its
 // output, trimmed. Its exit status is not an error: is-active and is-failed
 // answer with it as well as with the word they print.
-func (s *serviceSwitcher) probe(ctx context.Context, verb string, flags ...string) (string, error) {
+func (s *verifier) probe(ctx context.Context, verb string, flags ...string) (string, error) {
 	args := append(append(append([]string(nil), s.scope...), verb), flags...)
 	var stderr bytes.Buffer
 	out, err := outputCommand(ctx, &stderr, "systemctl", append(args, s.unit)...)
@@ -334,7 +387,7 @@ func (s *serviceSwitcher) probe(ctx context.Context, verb string, flags ...strin
 
 // writeStatus writes the unit's `systemctl status` to log: its state and
 // its last lines of output where the manager has a journal.
-func (s *serviceSwitcher) writeStatus(ctx context.Context, log io.Writer) {
+func (s *verifier) writeStatus(ctx context.Context, log io.Writer) {
 	if ctx.Err() != nil {
 		return
 	}

@@ -38,7 +38,7 @@ func TestNewSwitcher(t *testing.T) {
 		{name: "a user service", change: func(s *Spec) { s.SystemdScope = config.ScopeUser }, want: "*builder.serviceSwitcher"},
 		{name: "a service without health url", change: func(s *Spec) { s.HealthURL = "" }, want: "*builder.serviceSwitcher"},
 		{name: "build only", change: func(s *Spec) { s.Activate = config.ActivateNone; s.Unit = "" }, want: "*builder.profileSwitcher"},
-		{name: "nixos", change: func(s *Spec) { s.Activate = config.ActivateNixOS }, wantErr: "target app: nixos activation is not supported yet"},
+		{name: "a nixos system", change: func(s *Spec) { s.Activate = config.ActivateNixOS }, want: "*builder.nixosSwitcher"},
 		{name: "an unknown activation", change: func(s *Spec) { s.Activate = "docker" }, wantErr: `target app: unknown activation "docker"`},
 		{name: "a unit like an option", change: func(s *Spec) { s.Unit = "--now" }, wantErr: "target app: unit: want a systemd unit name"},
 		{name: "no unit", change: func(s *Spec) { s.Unit = "" }, wantErr: "target app: unit: want a systemd unit name"},

@@ -31,6 +31,16 @@ const (
 	ActivateNone    = "none"
 )
 
+// What a nixos target does with a new system, named after the
+// switch-to-configuration (and nixos-rebuild) actions: switch makes it the
+// boot default and runs it, test runs it without making it the boot default,
+// boot makes it the boot default without running it.
+const (
+	NixOSSwitch = "switch"
+	NixOSTest   = "test"
+	NixOSBoot   = "boot"
+)
+
 // Systemd scopes of a target's unit.
 const (
 	ScopeSystem = "system"
@@ -48,7 +58,8 @@ type Target struct {
 	Branch        string        // branch that deploys
 	Attr          string        // flake output attribute path
 	Activate      string        // ActivateService, ActivateNixOS or ActivateNone
-	Unit          string        // systemd unit (service mode)
+	NixOSAction   string        // NixOSSwitch, NixOSTest or NixOSBoot (nixos mode; "" elsewhere unless given)
+	Unit          string        // systemd unit (service mode; nixos: checked if set)
 	SystemdScope  string        // ScopeSystem or ScopeUser
 	Profile       string        // nix profile path
 	HealthURL     string        // polled after activation, "" for none

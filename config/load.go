@@ -84,6 +84,7 @@ type targetEnv struct {
 	Branch            string `env:"BRANCH" envDefault:"main"`
 	Attr              string `env:"ATTR"`
 	Activate          string `env:"ACTIVATE" envDefault:"service"`
+	NixOSAction       string `env:"NIXOS_ACTION"`
 	Unit              string `env:"UNIT"`
 	SystemdScope      string `env:"SYSTEMD_SCOPE" envDefault:"system"`
 	Profile           string `env:"PROFILE"`
@@ -446,6 +447,18 @@ func (l loader) target(c *Config, name string, environ map[string]string, profil
 		return Target{}, activateErr
 	}
 	t.Activate = activate
+
+	// NIXOS_ACTION matters only in nixos mode; elsewhere it is kept if
+	// given, like UNIT, and checked all the same.
+	switch t.NixOSAction = strings.ToLower(e.NixOSAction); t.NixOSAction {
+	case "":
+		if t.Activate == ActivateNixOS {
+			t.NixOSAction = NixOSSwitch
+		}
+	case NixOSSwitch, NixOSTest, NixOSBoot:
+	default:
+		return Target{}, v.errorf(&e.NixOSAction, "want switch, test or boot, got %q", clip(e.NixOSAction))
+	}
 
 	// UNIT matters only in service mode; elsewhere it is kept if given.
 	if t.Unit = e.Unit; t.Unit == "" && t.Activate == ActivateService {

@@ -256,10 +256,43 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 			edit: func(c *Config) {
 				t := &c.Targets[0]
 				t.Activate = ActivateNixOS
+				t.NixOSAction = NixOSSwitch
 				t.Attr = "nixosConfigurations.web1.config.system.build.toplevel"
 				t.Unit = ""
 				t.Profile = "/nix/var/nix/profiles/system"
 			},
+		},
+		{
+			name: "a nixos target may only make the new system the boot default",
+			env:  with("FLAKESHIP_TARGET_APP_ACTIVATE", "nixos", "FLAKESHIP_TARGET_APP_NIXOS_ACTION", "Boot"),
+			edit: func(c *Config) {
+				t := &c.Targets[0]
+				t.Activate = ActivateNixOS
+				t.NixOSAction = NixOSBoot
+				t.Attr = "nixosConfigurations.web1.config.system.build.toplevel"
+				t.Unit = ""
+				t.Profile = "/nix/var/nix/profiles/system"
+			},
+		},
+		{
+			name: "a nixos target may activate without making it the boot default, and check a unit",
+			env: with(
+				"FLAKESHIP_TARGET_APP_ACTIVATE", "nixos",
+				"FLAKESHIP_TARGET_APP_NIXOS_ACTION", "test",
+				"FLAKESHIP_TARGET_APP_UNIT", "app.service",
+			),
+			edit: func(c *Config) {
+				t := &c.Targets[0]
+				t.Activate = ActivateNixOS
+				t.NixOSAction = NixOSTest
+				t.Attr = "nixosConfigurations.web1.config.system.build.toplevel"
+				t.Profile = "/nix/var/nix/profiles/system"
+			},
+		},
+		{
+			name: "a nixos action is kept outside nixos mode, like a unit",
+			env:  with("FLAKESHIP_TARGET_APP_NIXOS_ACTION", "switch"),
+			edit: func(c *Config) { c.Targets[0].NixOSAction = NixOSSwitch },
 		},
 		{
 			name: "a build-only target has no unit",
@@ -600,6 +633,16 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 			want: `FLAKESHIP_TARGET_APP_ACTIVATE: want service, nixos or none, got "reboot"`},
 		{name: "activate unknown with an attr", env: with("FLAKESHIP_TARGET_APP_ACTIVATE", "reboot", "FLAKESHIP_TARGET_APP_ATTR", "packages.x.y"),
 			want: `FLAKESHIP_TARGET_APP_ACTIVATE: want service, nixos or none, got "reboot"`},
+		{name: "nixos action unknown", env: with("FLAKESHIP_TARGET_APP_ACTIVATE", "nixos", "FLAKESHIP_TARGET_APP_NIXOS_ACTION", "dry-activate"),
+			want: `FLAKESHIP_TARGET_APP_NIXOS_ACTION: want switch, test or boot, got "dry-activate"`},
+		{name: "nixos action like nixos-rebuild's flag", env: with("FLAKESHIP_TARGET_APP_ACTIVATE", "nixos", "FLAKESHIP_TARGET_APP_NIXOS_ACTION", "--rollback"),
+			want: `FLAKESHIP_TARGET_APP_NIXOS_ACTION: want switch, test or boot, got "--rollback"`},
+		{name: "nixos action checked outside nixos mode", env: with("FLAKESHIP_TARGET_APP_NIXOS_ACTION", "reboot"),
+			want: `FLAKESHIP_TARGET_APP_NIXOS_ACTION: want switch, test or boot, got "reboot"`},
+		{name: "nixos action checked after activate", env: with("FLAKESHIP_TARGET_APP_ACTIVATE", "docker", "FLAKESHIP_TARGET_APP_NIXOS_ACTION", "reboot"),
+			want: `FLAKESHIP_TARGET_APP_ACTIVATE: want service, nixos or none, got "docker"`},
+		{name: "nixos action checked before unit", env: with("FLAKESHIP_TARGET_APP_NIXOS_ACTION", "reboot", "FLAKESHIP_TARGET_APP_UNIT", "app"),
+			want: `FLAKESHIP_TARGET_APP_NIXOS_ACTION: want switch, test or boot, got "reboot"`},
 		{name: "unit without a type", env: with("FLAKESHIP_TARGET_APP_UNIT", "app"),
 			want: `FLAKESHIP_TARGET_APP_UNIT: want a systemd unit name like app.service, got "app"`},
 		{name: "unit checked when given outside service mode", env: with("FLAKESHIP_TARGET_APP_ACTIVATE", "none", "FLAKESHIP_TARGET_APP_UNIT", "-x.service"),

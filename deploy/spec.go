@@ -21,6 +21,7 @@ func SpecFor(t config.Target, c *config.Config) builder.Spec {
 		Nix:           c.Nix,
 		NixFlags:      append([]string(nil), c.NixFlags...),
 		Activate:      t.Activate,
+		NixOSAction:   t.NixOSAction,
 		Unit:          t.Unit,
 		SystemdScope:  t.SystemdScope,
 		Profile:       t.Profile,
