@@ -12,7 +12,20 @@ import (
 
 // activationSlack is how long activation may take beyond the target's
 // HEALTH_TIMEOUT: the profile switch, the restart and a possible rollback.
-const activationSlack = 2 * time.Minute
+// A whole-system switch restarts many units and may take much longer.
+const (
+	activationSlack      = 2 * time.Minute
+	nixosActivationSlack = 20 * time.Minute
+)
+
+// activationTimeout bounds the activation and verification of target t,
+// rollback included.
+func activationTimeout(t config.Target) time.Duration {
+	if t.Activate == config.ActivateNixOS {
+		return 2*t.HealthTimeout + nixosActivationSlack
+	}
+	return 2*t.HealthTimeout + activationSlack
+}
 
 // execute walks d through fetch, build, activate and verify. ctx is
 // cancelled by Cancel or by the end of Shutdown's grace period, and only cuts
@@ -121,7 +134,7 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 
 	// From here on the deploy changes what runs: only the activation
 	// deadline ends it, never a cancel or a shutdown.
-	actCtx, cancelAct := context.WithTimeout(context.Background(), t.HealthTimeout+activationSlack)
+	actCtx, cancelAct := context.WithTimeout(context.Background(), activationTimeout(t))
 	defer cancelAct()
 	if !q.step(rec, d, Activating, lf) {
 		return
@@ -244,7 +257,7 @@ func (q *Queue) rollback(ctx, rec context.Context, d *Deploy, sw builder.Switche
 func (q *Queue) executeRollback(spec builder.Spec, d *Deploy, lf *logFile) {
 	rec := context.Background()
 	t, _ := q.cfg.Target(d.Target)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*t.HealthTimeout+activationSlack)
+	ctx, cancel := context.WithTimeout(context.Background(), activationTimeout(t))
 	defer cancel()
 	to := builder.Generation{Number: d.Generation, OutPath: d.OutPath}
 	if !q.step(rec, d, Activating, lf) {
