@@ -1,0 +1,50 @@
+# The flakeship server, built with buildGoModule. flake.nix calls it with
+# this flake's revision as version and a buildGoModule whose Go is at least
+# go.mod's `go` line.
+{
+  lib,
+  buildGoModule,
+  version ? "dev",
+}:
+buildGoModule {
+  pname = "flakeship";
+  inherit version;
+
+  # Only what the build reads: Go files (tests too, since `go mod vendor`
+  # vendors their imports and vendorHash must match), the module files, and
+  # what the code embeds. Editing docs, scripts or nix files rebuilds nothing.
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ../go.mod
+      ../go.sum
+      (lib.fileset.fileFilter (file: file.hasExt "go") ../.)
+      ../store/migrations
+      (lib.fileset.maybeMissing ../server/templates)
+      (lib.fileset.maybeMissing ../server/static)
+    ];
+  };
+
+  # The NAR hash of the directory `go mod vendor` writes. scripts/check-nix
+  # recomputes it offline and fails, printing the right value, when go.mod
+  # or go.sum (or an import) changed it.
+  vendorHash = "sha256-e4H49Hc9ZW9OzLga5KtOLJsT7k9v4+Qwd9RT86zq/7A=";
+
+  subPackages = [ "." ];
+
+  ldflags = [
+    "-s"
+    "-w"
+    "-X main.version=${version}"
+  ];
+
+  # The test suite needs real git, nix and a systemd user manager, none of
+  # which the build sandbox has; the flake's checks and scripts/test run it.
+  doCheck = false;
+
+  meta = {
+    description = "Deploys a Nix build on every push: forge webhook in, build, switch, health check, rollback, commit status out";
+    mainProgram = "flakeship";
+    platforms = lib.platforms.linux ++ lib.platforms.darwin;
+  };
+}
