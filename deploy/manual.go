@@ -48,8 +48,10 @@ func (q *Queue) Deploy(ctx context.Context, target string, req ManualRequest) (*
 		}
 		sha = head
 	}
+	// t.Name, not target: the caller's string may live in a request
+	// buffer that is reused after it returns, and the deploy outlives it.
 	d := &Deploy{
-		Target: target, Forge: forge.Kind(t.Forge), Repo: t.Repo, Branch: t.Branch, SHA: sha,
+		Target: t.Name, Forge: forge.Kind(t.Forge), Repo: t.Repo, Branch: t.Branch, SHA: sha,
 		Trigger: TriggerManual, State: Queued, CreatedAt: q.now().UTC(),
 	}
 	out, _, err := q.submit(ctx, d)
@@ -86,7 +88,7 @@ func (q *Queue) Rollback(ctx context.Context, target string) (*Deploy, error) {
 	}
 	t := tq.target
 	d := &Deploy{
-		Target: target, Forge: forge.Kind(t.Forge), Repo: t.Repo, Branch: t.Branch, SHA: prev.SHA,
+		Target: t.Name, Forge: forge.Kind(t.Forge), Repo: t.Repo, Branch: t.Branch, SHA: prev.SHA,
 		Trigger: TriggerRollback, State: Queued, CreatedAt: q.now().UTC(),
 		// The generation to make current again, and what it must hold.
 		Generation: prev.Generation, OutPath: prev.OutPath,

@@ -49,6 +49,9 @@ type Options struct {
 	Notifiers map[string]notifier.Notifier // by target name; missing: no statuses
 	Log       *slog.Logger
 	Now       func() time.Time // default time.Now
+	// Observer is told of every transition and of the number of waiting
+	// deploys (metrics); nil tells no one.
+	Observer Observer
 }
 
 // ErrUnknownTarget is returned for a target name that is not configured.
@@ -69,6 +72,7 @@ type Queue struct {
 	log      *slog.Logger
 	now      func() time.Time
 	secrets  []string
+	observer Observer // may be nil
 
 	senders map[string]*statusSender
 
@@ -128,6 +132,7 @@ func New(opts Options) (*Queue, error) {
 		switcher: opts.Switcher,
 		log:      opts.Log,
 		now:      now,
+		observer: opts.Observer,
 		senders:  map[string]*statusSender{},
 		targets:  map[string]*targetQueue{},
 		live:     map[int64]*logFile{},
@@ -247,7 +252,7 @@ func (q *Queue) SubmitPush(ctx context.Context, target string, ev forge.PushEven
 		return nil, false, fmt.Errorf("submit push: %w", err)
 	}
 	d := &Deploy{
-		Target: target, Forge: ev.Forge, Repo: tq.target.Repo, Branch: ev.Branch, SHA: ev.SHA,
+		Target: tq.target.Name, Forge: ev.Forge, Repo: tq.target.Repo, Branch: ev.Branch, SHA: ev.SHA,
 		Trigger: TriggerPush, State: Queued, CreatedAt: q.now().UTC(),
 		Author: ev.Author, Message: ev.Message, Pusher: ev.Pusher, DeliveryID: ev.DeliveryID,
 	}
@@ -301,7 +306,23 @@ func (q *Queue) enqueueLocked(ctx context.Context, d *Deploy) error {
 		}
 	}
 	tq.pending = d
+	q.observeWaitingLocked()
 	return nil
+}
+
+// observeWaitingLocked tells the observer how many targets have a deploy
+// waiting.
+func (q *Queue) observeWaitingLocked() {
+	if q.observer == nil {
+		return
+	}
+	n := 0
+	for _, tq := range q.targets {
+		if tq.pending != nil {
+			n++
+		}
+	}
+	q.observer.Waiting(n)
 }
 
 // dispatchLocked starts the pending deploys of idle targets, oldest first,
@@ -322,6 +343,7 @@ func (q *Queue) dispatchLocked() {
 		}
 		d := next.pending
 		next.pending = nil
+		q.observeWaitingLocked()
 		ctx, cancel := context.WithCancelCause(q.runCtx)
 		next.running = &run{deploy: d, cancel: cancel}
 		q.active++
@@ -349,6 +371,7 @@ func (q *Queue) Cancel(ctx context.Context, id int64) error {
 	for _, tq := range q.targets {
 		if p := tq.pending; p != nil && p.ID == id {
 			tq.pending = nil
+			q.observeWaitingLocked()
 			p.Error = "cancelled by request"
 			return q.transition(ctx, p, Cancelled, true)
 		}
@@ -454,6 +477,9 @@ func (q *Queue) transition(ctx context.Context, d *Deploy, s State, post bool) e
 	q.changed = make(chan struct{})
 	q.log.Info("deploy state changed", "target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA),
 		"from", from, "state", s)
+	if q.observer != nil {
+		q.observer.Transition(d, from)
+	}
 	return nil
 }
 

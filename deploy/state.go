@@ -29,7 +29,7 @@ const (
 // next is the single source of truth for transitions.
 var next = map[State][]State{
 	// Activating: a rollback deploy, which has nothing to fetch or build.
-	Queued:     {Fetching, Activating, Superseded, Cancelled, Interrupted},
+	Queued: {Fetching, Activating, Superseded, Cancelled, Interrupted},
 	// Superseded: a push of a commit older than the one deployed.
 	Fetching:   {Building, Failed, Superseded, Cancelled, Interrupted},
 	Building:   {Activating, Failed, Cancelled, Interrupted},

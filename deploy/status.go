@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -63,9 +64,13 @@ func statusKey(s forge.Status) string {
 func (ss *statusSender) send(s forge.Status, deployID int64, final bool) {
 	ss.mu.Lock()
 	k := statusKey(s)
-	if _, ok := ss.waiting[k]; !ok {
-		ss.order = append(ss.order, k)
+	if _, ok := ss.waiting[k]; ok {
+		// The replaced status moves to the end: the newest status of a
+		// commit must be the last one posted, or a "pending" sent after
+		// an "error" of the same commit could be left standing.
+		ss.order = slices.DeleteFunc(ss.order, func(o string) bool { return o == k })
 	}
+	ss.order = append(ss.order, k)
 	ss.waiting[k] = queuedStatus{status: s, since: ss.now(), deployID: deployID, final: final}
 	ss.mu.Unlock()
 	select {
