@@ -3,6 +3,10 @@
 // fetched, built with nix, switched into a profile, restarted under systemd,
 // checked, rolled back if unhealthy, and reported to the forge as a commit
 // status. Configuration is read from the environment (see the README).
+//
+// Run without arguments (or as "flakeship serve") it is the server; with a
+// command (deploy, rollback, cancel, status, logs, help) it is a client of a
+// running flakeship (package cli).
 package main
 
 import (
@@ -19,8 +23,10 @@ import (
 	"time"
 
 	"github.com/flakeship/flakeship/builder"
+	"github.com/flakeship/flakeship/cli"
 	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
+	"github.com/flakeship/flakeship/metrics"
 	"github.com/flakeship/flakeship/notifier"
 	"github.com/flakeship/flakeship/server"
 	"github.com/flakeship/flakeship/store"
@@ -31,9 +37,24 @@ import (
 // systemd's default TimeoutStopSec is 90s, so this leaves ample room.
 const shutdownGrace = 20 * time.Second
 
+// version names this build (flakeship_build_info). Release builds set it with
+// -ldflags "-X main.version=<revision>" (the flake does, see nix/package.nix).
+var version = "dev"
+
 func main() {
+	args := os.Args[1:]
+	if len(args) > 1 && args[0] == "serve" {
+		fmt.Fprintln(os.Stderr, "flakeship serve: takes no arguments; the configuration is the environment (see flakeship help)")
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	if len(args) > 0 && args[0] != "serve" {
+		// A client command (deploy, status, ...) for a running flakeship.
+		code := cli.Main(ctx, args, config.Environ(os.Environ()), os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
 	if err := run(ctx, os.Environ(), os.Stderr, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "flakeship:", err)
 		os.Exit(1)
@@ -65,6 +86,11 @@ func run(ctx context.Context, environ []string, logOut io.Writer, ready chan<- n
 		return err
 	}
 	nix := &builder.Nix{Binary: cfg.Nix, Flags: cfg.NixFlags}
+	names := make([]string, 0, len(cfg.Targets))
+	for _, t := range cfg.Targets {
+		names = append(names, t.Name)
+	}
+	mets := metrics.New(names, metrics.Options{Version: version})
 	queue, err := deploy.New(deploy.Options{
 		Config:    cfg,
 		Store:     st,
@@ -73,6 +99,7 @@ func run(ctx context.Context, environ []string, logOut io.Writer, ready chan<- n
 		Switcher:  func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
 		Notifiers: notifiers,
 		Log:       log,
+		Observer:  mets,
 	})
 	if err != nil {
 		return err
@@ -91,7 +118,10 @@ func run(ctx context.Context, environ []string, logOut io.Writer, ready chan<- n
 		ln.Close()
 		return err
 	}
-	srv := server.New(server.Options{Config: cfg, Deployer: queue, Operator: queue, Log: log})
+	srv := server.New(server.Options{
+		Config: cfg, Deployer: queue, Operator: queue, Log: log,
+		Metrics: mets.Handler(), Deliveries: mets,
+	})
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Listen(ln) }()
 	log.Info("flakeship listening", "addr", ln.Addr().String(), "public_url", cfg.PublicURL,

@@ -41,6 +41,9 @@ const (
 	// testPrefix starts variables read by the test suite, not the server;
 	// they may be in the environment of a test run.
 	testPrefix = "FLAKESHIP_TEST_"
+	// clientURL is where the command line finds a running flakeship; it
+	// may share an environment with the server, which ignores it.
+	clientURL = "FLAKESHIP_URL"
 
 	// maxSecretFile bounds what a *_FILE secret may hold, so a wrong path
 	// (a device, a huge file) fails fast instead of filling memory.
@@ -323,7 +326,7 @@ func checkNames(environ map[string]string, g *globalEnv, targets []string) error
 	}
 	keys := make([]string, 0, len(environ))
 	for k := range environ {
-		if strings.HasPrefix(k, globalPrefix) && !strings.HasPrefix(k, testPrefix) && !slices.Contains(globalNames, k) {
+		if strings.HasPrefix(k, globalPrefix) && !strings.HasPrefix(k, testPrefix) && k != clientURL && !slices.Contains(globalNames, k) {
 			keys = append(keys, k)
 		}
 	}

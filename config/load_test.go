@@ -413,6 +413,11 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 			edit: func(c *Config) {},
 		},
 		{
+			name: "the command line's server URL may share the environment",
+			env:  with("FLAKESHIP_URL", "http://127.0.0.1:8080"),
+			edit: func(c *Config) {},
+		},
+		{
 			name: "other programs' variables are none of our business",
 			env:  with("PATH", "/bin", "HOME", "/root", "FLAKESHIPX", "1"),
 			edit: func(c *Config) {},

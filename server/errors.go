@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
+
+	"github.com/flakeship/flakeship/deploy"
 )
 
 // Errors of a webhook delivery that callers branch on.
@@ -49,6 +51,17 @@ func notFound(format string, args ...any) error {
 
 func unauthorized(msg string) error { return &requestError{http.StatusUnauthorized, msg} }
 
+// forbidden, conflict and tooManyRequests make the API's other refusals.
+func forbidden(msg string) error { return &requestError{http.StatusForbidden, msg} }
+
+func conflict(format string, args ...any) error {
+	return &requestError{http.StatusConflict, fmt.Sprintf(format, args...)}
+}
+
+func tooManyRequests(format string, args ...any) error {
+	return &requestError{http.StatusTooManyRequests, fmt.Sprintf(format, args...)}
+}
+
 // ignored returns an *IgnoredError with the given reason.
 func ignored(format string, args ...any) error {
 	return &IgnoredError{Reason: fmt.Sprintf(format, args...)}
@@ -66,9 +79,20 @@ func (s *Server) httpError(err error) (status int, msg string, internal bool) {
 	var ign *IgnoredError
 	var fe *fiber.Error
 	var re *requestError
+	var te *deploy.TransitionError
 	switch {
 	case errors.As(err, &re):
 		return re.status, re.msg, false
+	// The deploy queue's errors name the target or deploy and hold
+	// nothing secret: their text is the message.
+	case errors.Is(err, deploy.ErrUnknownTarget), errors.Is(err, deploy.ErrNotFound):
+		return http.StatusNotFound, err.Error(), false
+	case errors.Is(err, deploy.ErrInvalid):
+		return http.StatusBadRequest, err.Error(), false
+	case errors.As(err, &te), errors.Is(err, deploy.ErrNothingToRollBack):
+		return http.StatusConflict, err.Error(), false
+	case errors.Is(err, deploy.ErrClosed):
+		return http.StatusServiceUnavailable, "flakeship is shutting down: try again when it is back", false
 	case errors.As(err, &ign):
 		return http.StatusOK, ign.Reason, false
 	case errors.Is(err, ErrSignature):
@@ -115,6 +139,9 @@ func (s *Server) handleError(c *fiber.Ctx, err error) error {
 	switch status {
 	case http.StatusRequestEntityTooLarge, http.StatusRequestTimeout:
 		s.log.Warn("request rejected", "method", c.Method(), "path", c.Path(), "status", status)
+	}
+	if kind, ok := hookKind(c.Method(), c.Path()); ok {
+		s.observeDelivery(kind, status)
 	}
 	return s.writeError(c, s.log, err)
 }

@@ -51,7 +51,7 @@ type Options struct {
 	Metrics http.Handler
 	// Deliveries is told the answer to every webhook delivery; may be nil.
 	Deliveries DeliveryObserver
-	Log      *slog.Logger   // nil discards the log
+	Log        *slog.Logger // nil discards the log
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// ReadTimeout is how long a whole request may take to arrive; zero
@@ -71,6 +71,10 @@ type Server struct {
 	bodyLimit   int
 	readTimeout time.Duration
 	app         *fiber.App
+	// authFailures counts wrong tokens per client (auth.go); streams are
+	// the log streams that outlive their handler (api.go).
+	authFailures *failureLimiter
+	streams      *streams
 }
 
 // New builds the server and its routes. It does not listen: call Listen.
@@ -98,6 +102,8 @@ func New(opts Options) *Server {
 	if s.readTimeout <= 0 {
 		s.readTimeout = defaultReadTimeout
 	}
+	s.authFailures = newFailureLimiter(maxAuthFailures, authWindow, maxAuthClients, s.now)
+	s.streams = newStreams()
 	s.app = fiber.New(fiber.Config{
 		// fasthttp refuses a body over the limit from Content-Length,
 		// before reading it, and the ErrorHandler answers 413.
@@ -153,10 +159,13 @@ func (s *Server) Listen(ln net.Listener) error {
 // Shutdown stops accepting connections and waits, until ctx ends, for the
 // open ones to finish.
 func (s *Server) Shutdown(ctx context.Context) error {
+	// Log streams would otherwise keep their connections busy until their
+	// deploy ends.
+	s.streams.stop()
 	if err := s.app.ShutdownWithContext(ctx); err != nil {
 		return fmt.Errorf("shut down http: %w", err)
 	}
-	return nil
+	return s.streams.wait(ctx)
 }
 
 // headersFunc returns a delivery's event and delivery id (githubHeaders,
@@ -166,11 +175,42 @@ type headersFunc func(h http.Header) (event, deliveryID string, err error)
 // parseFunc turns a delivery into a push (parseGitHub, parseForgejo).
 type parseFunc func(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error)
 
-// hook returns the webhook handler of one forge.
+// hook returns the webhook handler of one forge. Every delivery is reported
+// to the delivery observer once, with its final status: here when the
+// handler answered it, in handleError when fiber answers an error instead (a
+// panic, or a delivery refused before any handler ran: too large, too slow).
 func (s *Server) hook(kind forge.Kind, headers headersFunc, parse parseFunc) fiber.Handler {
 	return func(c *fiber.Ctx) error {
-		return s.handleHook(c, kind, headers, parse)
+		err := s.handleHook(c, kind, headers, parse)
+		if err == nil {
+			s.observeDelivery(kind, c.Response().StatusCode())
+		}
+		return err
 	}
+}
+
+// observeDelivery tells the delivery observer, if there is one, how a
+// delivery of forge kind was answered.
+func (s *Server) observeDelivery(kind forge.Kind, status int) {
+	if s.deliveries != nil {
+		s.deliveries.Delivery(kind, status)
+	}
+}
+
+// hookKind returns the forge of a webhook delivery by its method and path,
+// matched as fiber routes them (any case, optional trailing slash); ok is
+// false for any other request.
+func hookKind(method, path string) (kind forge.Kind, ok bool) {
+	if method != http.MethodPost {
+		return "", false
+	}
+	switch strings.TrimSuffix(strings.ToLower(path), "/") {
+	case "/hooks/github":
+		return forge.GitHub, true
+	case "/hooks/forgejo", "/hooks/gitea":
+		return forge.Forgejo, true
+	}
+	return "", false
 }
 
 // handleHook answers one delivery: it finds the targets of the delivery's
