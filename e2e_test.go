@@ -91,8 +91,9 @@ type app struct {
 	stateDir  string
 	healthsrv string
 	version   int
-	head      string // newest pushed commit
-	nonce     string // makes each test's derivations new to the nix store
+	head      string   // newest pushed commit
+	nonce     string   // makes each test's derivations new to the nix store
+	extraEnv  []string // more of flakeship's environment, after the rest
 }
 
 // newApp sets up everything a target needs, but not flakeship itself.
@@ -239,7 +240,7 @@ func (a *app) delivery(before, after string) delivery {
 // env is the configuration flakeship runs with.
 func (a *app) env() []string {
 	prefix := "FLAKESHIP_TARGET_APP_"
-	return []string{
+	return append([]string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + a.stateDir,
 		"XDG_RUNTIME_DIR=" + os.Getenv("XDG_RUNTIME_DIR"),
@@ -260,7 +261,7 @@ func (a *app) env() []string {
 		prefix + "HEALTH_TIMEOUT=5s",
 		prefix + "WEBHOOK_SECRET=" + a.secret,
 		prefix + "TOKEN=" + a.token,
-	}
+	}, a.extraEnv...)
 }
 
 // flakeship is a running flakeship process.
@@ -276,11 +277,17 @@ var listeningRE = regexp.MustCompile(`msg="flakeship listening" addr=(127\.0\.0\
 
 // start runs flakeship with a's configuration and waits until it listens.
 func (a *app) start() *flakeship {
-	t := a.t
+	a.t.Helper()
+	return startFlakeship(a.t, a.env())
+}
+
+// startFlakeship runs the flakeship binary with env and waits until it
+// listens; it is killed when the test ends, if it still runs.
+func startFlakeship(t *testing.T, env []string) *flakeship {
 	t.Helper()
 	bin, _ := binaries(t)
 	cmd := exec.Command(bin)
-	cmd.Env = a.env()
+	cmd.Env = env
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -347,6 +354,7 @@ type deployRecord struct {
 	Error        string `json:"error"`
 	SupersededBy *int64 `json:"superseded_by"`
 	URL          string `json:"url"`
+	DeliveryID   string `json:"delivery_id"`
 	Steps        []struct {
 		Name       string     `json:"name"`
 		StartedAt  time.Time  `json:"started_at"`

@@ -14,8 +14,9 @@ import (
 	"testing"
 )
 
-// Require skips t unless every named part is available: "git", "nix" or
-// "systemd" (a user manager reachable through XDG_RUNTIME_DIR). If
+// Require skips t unless every named part is available: "git", "nix",
+// "systemd" (a user manager reachable through XDG_RUNTIME_DIR) or
+// "chromium" (a headless browser for the page tests). If
 // FLAKESHIP_TEST_REQUIRE lists a part (comma-separated, or "all"), its
 // absence fails t instead.
 func Require(t testing.TB, parts ...string) {
@@ -46,6 +47,10 @@ func missing(part string) string {
 	case "git", "nix":
 		if _, err := exec.LookPath(part); err != nil {
 			return part + " is not on PATH"
+		}
+	case "chromium":
+		if _, err := exec.LookPath("chromium"); err != nil {
+			return "chromium is not on PATH (Debian's chromium package)"
 		}
 	case "systemd":
 		dir := os.Getenv("XDG_RUNTIME_DIR")
