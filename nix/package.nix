@@ -32,6 +32,13 @@ buildGoModule {
 
   subPackages = [ "." ];
 
+  # Go writes telemetry under $HOME; a build without the sandbox would
+  # otherwise create /homeless-shelter, which makes every later nix build
+  # on that machine fail.
+  preBuild = ''
+    export HOME=$TMPDIR GOTELEMETRY=off
+  '';
+
   ldflags = [
     "-s"
     "-w"
