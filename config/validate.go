@@ -7,8 +7,11 @@ import (
 )
 
 var (
-	shaRE        = regexp.MustCompile(`^[0-9a-f]{40}$`)
-	repoRE       = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$`)
+	shaRE = regexp.MustCompile(`^[0-9a-f]{40}$`)
+	// The owner starts with a letter or digit (as GitHub and Forgejo user
+	// names do); the name may not start with '-', so neither part can be
+	// read as an option.
+	repoRE       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}$`)
 	targetNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 	unitRE       = regexp.MustCompile(`^[A-Za-z0-9:_.@\\-]{1,255}\.(service|target|socket|timer|path|mount)$`)
 	attrRE       = regexp.MustCompile(`^[A-Za-z0-9_.'"+-]{1,512}$`)

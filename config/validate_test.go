@@ -40,6 +40,8 @@ func TestValidators(t *testing.T) {
 		{"repo dot dot", ValidateRepo, "owner/..", `want owner/name, got "owner/.."`},
 		{"repo dot", ValidateRepo, "owner/.", `want owner/name, got "owner/."`},
 		{"repo dot owner", ValidateRepo, "./app", `want owner/name, got "./app"`},
+		{"repo owner like an option", ValidateRepo, "-/0", `want owner/name, got "-/0"`},
+		{"repo name like an option", ValidateRepo, "owner/--upload-pack", `want owner/name, got "owner/--upload-pack"`},
 		{"repo URL", ValidateRepo, "https://github.com/owner/app", `want owner/name, got "https://github.com/owner/app"`},
 
 		{"target name", ValidateTargetName, "web-1_a", ""},
