@@ -54,8 +54,13 @@ func forgejoHeaders(h http.Header) (event, deliveryID string, err error) {
 }
 
 // verifyForgejo checks X-Forgejo-Signature, or X-Gitea-Signature when there
-// is none: the bare lower-case hex HMAC-SHA256 of the raw body.
+// is none: the bare lower-case hex HMAC-SHA256 of the raw body, given once.
 func verifyForgejo(h http.Header, body []byte, secret config.Secret) error {
+	for _, name := range []string{forgejoSignatureHeader, giteaSignatureHeader} {
+		if err := onlyOnce(h, name); err != nil {
+			return err
+		}
+	}
 	name, sig := firstHeader(h, forgejoSignatureHeader, giteaSignatureHeader)
 	return checkSignature(body, secret, name, sig)
 }

@@ -47,8 +47,12 @@ func githubHeaders(h http.Header) (event, deliveryID string, err error) {
 }
 
 // verifyGitHub checks X-Hub-Signature-256: "sha256=" and the lower-case hex
-// HMAC-SHA256 of the raw body. A missing header fails; sha1= never passes.
+// HMAC-SHA256 of the raw body. A missing header fails; sha1= never passes;
+// so does a header given more than once.
 func verifyGitHub(h http.Header, body []byte, secret config.Secret) error {
+	if err := onlyOnce(h, githubSignatureHeader); err != nil {
+		return err
+	}
 	v := h.Get(githubSignatureHeader)
 	if v == "" {
 		return checkSignature(body, secret, githubSignatureHeader, "")

@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"net/http"
 
 	"github.com/flakeship/flakeship/config"
 )
@@ -46,6 +47,16 @@ func checkSignature(body []byte, secret config.Secret, header, sig string) error
 	mac.Write(body)
 	if !hmac.Equal(got, mac.Sum(nil)) {
 		return ErrSignature
+	}
+	return nil
+}
+
+// onlyOnce refuses a signature header given more than once. Only one value
+// would be checked (http.Header.Get returns the first), so a request whose
+// other values are wrong could pass; no forge sends a header twice.
+func onlyOnce(h http.Header, header string) error {
+	if len(h.Values(header)) > 1 {
+		return &signatureError{header + " is given more than once"}
 	}
 	return nil
 }

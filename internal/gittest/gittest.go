@@ -50,6 +50,7 @@ type Server struct {
 	srv      *httptest.Server
 	requests atomic.Int64
 	failing  atomic.Int64 // status every request gets, 0 for normal service
+	delay    atomic.Int64 // time.Duration each request waits before its answer
 }
 
 // Option configures a Server.
@@ -96,6 +97,16 @@ func NewServer(t testing.TB, opts ...Option) *Server {
 func (s *Server) handler(backend http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.requests.Add(1)
+		if d := time.Duration(s.delay.Load()); d > 0 {
+			timer := time.NewTimer(d)
+			select {
+			case <-timer.C:
+			case <-r.Context().Done():
+				// The client went away: nothing to answer.
+				timer.Stop()
+				return
+			}
+		}
 		if code := s.failing.Load(); code != 0 {
 			http.Error(w, "gittest: failing on purpose", int(code))
 			return
@@ -129,6 +140,13 @@ func (s *Server) URL(name string) string {
 // 0 restores normal service.
 func (s *Server) SetFailing(code int) {
 	s.failing.Store(int64(code))
+}
+
+// SetDelay makes the server wait d before it answers each request (a slow
+// remote), or less if the client goes away first; 0 restores prompt
+// service.
+func (s *Server) SetDelay(d time.Duration) {
+	s.delay.Store(int64(d))
 }
 
 // Requests returns how many HTTP requests the server has received, answered

@@ -1,11 +1,14 @@
 package gittest_test
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/flakeship/flakeship/internal/gittest"
 	"github.com/flakeship/flakeship/internal/testenv"
@@ -187,6 +190,44 @@ func TestGitServerFailsOnDemand(t *testing.T) {
 	srv.SetFailing(0)
 	if got := get(t); got != http.StatusOK {
 		t.Fatalf("restored server answered %d, want 200", got)
+	}
+	if got := srv.Requests(); got != 2 {
+		t.Fatalf("Requests() = %d, want 2", got)
+	}
+}
+
+func TestGitServerDelaysOnDemand(t *testing.T) {
+	testenv.Require(t, "git")
+	srv := gittest.NewServer(t)
+	repo := srv.NewRepo(t, "app")
+	repo.Commit(t, "A", nil)
+	repo.Push(t, "main")
+	infoRefs := srv.URL("app") + "/info/refs?service=git-upload-pack"
+
+	// A client that waits less than the delay gets no answer; the server
+	// stops waiting when it goes away.
+	get := func(t *testing.T, timeout time.Duration) (int, error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), timeout)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, infoRefs, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	srv.SetDelay(time.Hour)
+	if code, err := get(t, 200*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("delayed server answered %d, %v before the delay, want no answer", code, err)
+	}
+	srv.SetDelay(0)
+	if code, err := get(t, 10*time.Second); err != nil || code != http.StatusOK {
+		t.Fatalf("prompt server answered %d, %v, want 200", code, err)
 	}
 	if got := srv.Requests(); got != 2 {
 		t.Fatalf("Requests() = %d, want 2", got)

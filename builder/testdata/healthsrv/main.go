@@ -1,6 +1,7 @@
 // Command healthsrv is the app of the builder's service tests. At start it
 // reads the file a profile points at (lines like "version=2", "healthy=yes",
-// "crash=yes"); it exits 1 at once if crash=yes, and otherwise serves
+// "crash=yes", "delay=3"); it exits 1 at once if crash=yes, waits delay
+// seconds before it listens (a service slow to come up), and then serves
 // /health: 200 and "version=N" if healthy=yes, else 500.
 package main
 
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -37,6 +39,13 @@ func run(profile, addr string) error {
 	}
 	if settings["crash"] == "yes" {
 		return errors.New("crashing at start, as this build says")
+	}
+	if d := settings["delay"]; d != "" {
+		secs, err := strconv.Atoi(d)
+		if err != nil || secs < 0 {
+			return fmt.Errorf("delay=%s: want whole seconds", d)
+		}
+		time.Sleep(time.Duration(secs) * time.Second)
 	}
 	version := settings["version"]
 	mux := http.NewServeMux()
