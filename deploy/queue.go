@@ -355,6 +355,9 @@ func (q *Queue) dispatchLocked() {
 			q.mu.Lock()
 			tq.running = nil
 			q.active--
+			// Log followers wait for the deploy to be done with, not only
+			// ended: wake them now rather than at their next poll.
+			q.broadcastLocked()
 			q.dispatchLocked()
 			q.mu.Unlock()
 		}(next)
@@ -473,8 +476,7 @@ func (q *Queue) transition(ctx context.Context, d *Deploy, s State, post bool) e
 	if post {
 		q.notify(d)
 	}
-	close(q.changed)
-	q.changed = make(chan struct{})
+	q.broadcastLocked()
 	q.log.Info("deploy state changed", "target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA),
 		"from", from, "state", s)
 	if q.observer != nil {
@@ -551,6 +553,12 @@ func (q *Queue) statusPosted(id int64) {
 	if err := q.store.MarkStatusPosted(ctx, id); err != nil {
 		q.log.Warn("commit status delivery not recorded", "deploy_id", id, "err", err)
 	}
+}
+
+// broadcastLocked wakes everyone waiting on q.changed; the caller holds q.mu.
+func (q *Queue) broadcastLocked() {
+	close(q.changed)
+	q.changed = make(chan struct{})
 }
 
 // resetCache drops the build cache of a target whose build was cut short.
