@@ -12,11 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flakeship/flakeship/builder"
 	"github.com/flakeship/flakeship/config"
-	"github.com/flakeship/flakeship/deploy"
+	"github.com/flakeship/flakeship/internal/queuetest"
 	"github.com/flakeship/flakeship/server"
-	"github.com/flakeship/flakeship/store"
 )
 
 // These tests run the commands against a real flakeship server: the real
@@ -47,30 +45,7 @@ func startServer(t *testing.T, admin, read config.Secret) string {
 		})
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	st, err := store.Open(context.Background(), filepath.Join(state, "flakeship.db"), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	nix := &builder.Nix{Binary: cfg.Nix}
-	q, err := deploy.New(deploy.Options{
-		Config: cfg, Store: st, Fetcher: builder.NewFetcher(log), Builder: nix,
-		Switcher: func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
-		Log:      log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := q.Shutdown(ctx); err != nil {
-			t.Errorf("queue shutdown: %v", err)
-		}
-	})
+	_, q := queuetest.Start(t, cfg, log, queuetest.Options{})
 	srv := server.New(server.Options{Config: cfg, Deployer: q, Operator: q, Log: log})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -15,12 +15,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flakeship/flakeship/builder"
 	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
 	"github.com/flakeship/flakeship/internal/gittest"
+	"github.com/flakeship/flakeship/internal/queuetest"
 	"github.com/flakeship/flakeship/internal/testenv"
-	"github.com/flakeship/flakeship/store"
 )
 
 // The API tests run the server over real HTTP in front of the real deploy
@@ -95,31 +94,8 @@ func newAPIRig(t *testing.T, o rigOptions) *apiRig {
 	}
 	log := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
-	st, err := store.Open(context.Background(), filepath.Join(state, "flakeship.db"), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	nix := &builder.Nix{Binary: cfg.Nix, Flags: cfg.NixFlags}
-	q, err := deploy.New(deploy.Options{
-		Config: cfg, Store: st, Fetcher: builder.NewFetcher(log), Builder: nix,
-		Switcher: func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
-		Log:      log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	_, q := queuetest.Start(t, cfg, log, queuetest.Options{Grace: endWithin})
 	r.queue = q
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), endWithin)
-		defer cancel()
-		if err := q.Shutdown(ctx); err != nil {
-			t.Errorf("queue shutdown: %v", err)
-		}
-	})
 
 	r.srv = New(Options{Config: cfg, Deployer: q, Operator: q, Log: log, Now: o.now})
 	if o.writeTimeout > 0 {

@@ -15,10 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flakeship/flakeship/builder"
 	"github.com/flakeship/flakeship/config"
-	"github.com/flakeship/flakeship/deploy"
-	"github.com/flakeship/flakeship/store"
+	"github.com/flakeship/flakeship/internal/queuetest"
 )
 
 // The benchmarks measure the webhook path: verifying and parsing each
@@ -139,32 +137,7 @@ func newHookBench(b *testing.B) *hookBench {
 	}
 	// The log is formatted as in production (text, info) and thrown away.
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	st, err := store.Open(context.Background(), filepath.Join(state, "flakeship.db"), log)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { st.Close() })
-	nix := &builder.Nix{Binary: cfg.Nix}
-	q, err := deploy.New(deploy.Options{
-		Config: cfg, Store: st, Fetcher: builder.NewFetcher(log), Builder: nix,
-		Switcher: func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
-		Log:      log,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := q.Start(context.Background()); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		// The running deploy is only waiting to retry its fetch: cut it
-		// short rather than wait.
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		defer cancel()
-		if err := q.Shutdown(ctx); err != nil {
-			b.Errorf("queue shutdown: %v", err)
-		}
-	})
+	_, q := queuetest.Start(b, cfg, log, queuetest.Options{Grace: 100 * time.Millisecond})
 
 	srv := New(Options{Config: cfg, Deployer: q, Operator: q, Log: log})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

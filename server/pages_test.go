@@ -17,13 +17,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flakeship/flakeship/builder"
 	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
 	"github.com/flakeship/flakeship/forge"
 	"github.com/flakeship/flakeship/internal/gittest"
+	"github.com/flakeship/flakeship/internal/queuetest"
 	"github.com/flakeship/flakeship/internal/testenv"
-	"github.com/flakeship/flakeship/store"
 )
 
 // The page tests run a real deploy queue of one build-only target
@@ -92,30 +91,7 @@ func newPageRig(t *testing.T, o pageRigOptions) *pageRig {
 		}},
 	}
 	log := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	st, err := store.Open(context.Background(), filepath.Join(state, "flakeship.db"), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	nix := &builder.Nix{Binary: r.cfg.Nix, Flags: r.cfg.NixFlags}
-	q, err := deploy.New(deploy.Options{
-		Config: r.cfg, Store: st, Fetcher: builder.NewFetcher(log), Builder: nix,
-		Switcher: func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
-		Log:      log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), pageDeadline)
-		defer cancel()
-		if err := q.Shutdown(ctx); err != nil {
-			t.Errorf("queue shutdown: %v", err)
-		}
-	})
+	_, q := queuetest.Start(t, r.cfg, log, queuetest.Options{Grace: pageDeadline})
 	r.queue = q
 
 	r.srv = New(Options{Config: r.cfg, Deployer: q, Operator: q, Log: log})
