@@ -84,7 +84,10 @@ func ValidateUnit(unit string) error {
 	// systemd's limit is 255 bytes for the whole name, suffix included; a
 	// template ("app@.service") cannot be started without an instance.
 	base := unit[:max(strings.LastIndexByte(unit, '.'), 0)]
-	if !unitRE.MatchString(unit) || len(unit) > 255 || strings.HasPrefix(unit, "-") || strings.HasSuffix(base, "@") {
+	// A name starts with a letter, digit, '_' or ':' and has no "..": it
+	// can then never be read as an option, a hidden file or a path step.
+	if !unitRE.MatchString(unit) || len(unit) > 255 || strings.HasPrefix(unit, "-") || strings.HasPrefix(unit, ".") ||
+		strings.Contains(unit, "..") || strings.HasSuffix(base, "@") {
 		return fmt.Errorf("want a systemd unit name like app.service, got %q", clip(unit))
 	}
 	return nil

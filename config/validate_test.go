@@ -56,6 +56,8 @@ func TestValidators(t *testing.T) {
 		{"unit template", ValidateUnit, "app@.service", `want a systemd unit name like app.service, got "app@.service"`},
 		{"unit without type", ValidateUnit, "app", `want a systemd unit name like app.service, got "app"`},
 		{"unit option", ValidateUnit, "-app.service", `want a systemd unit name like app.service, got "-app.service"`},
+		{"unit of dots", ValidateUnit, "..service", `want a systemd unit name like app.service, got "..service"`},
+		{"unit with a path step", ValidateUnit, "a..b.service", `want a systemd unit name like app.service, got "a..b.service"`},
 		{"unit with a space", ValidateUnit, "a b.service", `want a systemd unit name like app.service, got "a b.service"`},
 
 		{"attr", ValidateAttr, "packages.x86_64-linux.default", ""},
