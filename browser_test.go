@@ -224,23 +224,11 @@ func (a *app) pushTicking(n int) (string, delivery) {
 	script := fmt.Sprintf(`: %s; n=1; while [ $n -le %d ]; do i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done; `+
 		`echo "browser-tick $n"; n=$((n+1)); done; echo version=%d > $out; echo healthy=yes >> $out`,
 		a.nonce, n, a.version)
-	flake := fmt.Sprintf(`{
-  description = "flakeship end-to-end test service";
-  outputs = { self }: {
-    packages.%[1]s.default = derivation {
-      name = "flakeship-e2e-web";
-      system = "%[1]s";
-      builder = "/bin/sh";
-      args = [ "-c" %[2]q ];
-    };
-  };
-}
-`, a.system, script)
 	before := a.head
 	if before == "" {
 		before = strings.Repeat("0", 40)
 	}
-	sha := a.repo.Commit(a.t, fmt.Sprintf("ticking version %d <b>watch me</b>", a.version), map[string]string{"flake.nix": flake})
+	sha := a.repo.Commit(a.t, fmt.Sprintf("ticking version %d <b>watch me</b>", a.version), map[string]string{"flake.nix": a.flake(script)})
 	a.repo.Push(a.t, "main")
 	a.head = sha
 	return sha, a.delivery(before, sha)

@@ -201,7 +201,12 @@ func (a *app) commit(kind string) string {
 		a.t.Fatalf("unknown commit kind %q", kind)
 	}
 	script = ": " + a.nonce + "; " + script
-	flake := fmt.Sprintf(`{
+	return a.repo.Commit(a.t, fmt.Sprintf("%s version %d", kind, a.version), map[string]string{"flake.nix": a.flake(script)})
+}
+
+// flake is the test service's flake.nix whose build runs script.
+func (a *app) flake(script string) string {
+	return fmt.Sprintf(`{
   description = "flakeship end-to-end test service";
   outputs = { self }: {
     packages.%[1]s.default = derivation {
@@ -213,7 +218,6 @@ func (a *app) commit(kind string) string {
   };
 }
 `, a.system, script)
-	return a.repo.Commit(a.t, fmt.Sprintf("%s version %d", kind, a.version), map[string]string{"flake.nix": flake})
 }
 
 // push commits a build of the given kind, pushes it to main and returns the

@@ -33,24 +33,12 @@ func (a *app) pushSettings(settings ...string) (string, delivery) {
 	for _, s := range settings {
 		script += fmt.Sprintf("; echo %s >> $out", s)
 	}
-	flake := fmt.Sprintf(`{
-  description = "flakeship end-to-end test service";
-  outputs = { self }: {
-    packages.%[1]s.default = derivation {
-      name = "flakeship-e2e-web";
-      system = "%[1]s";
-      builder = "/bin/sh";
-      args = [ "-c" %[2]q ];
-    };
-  };
-}
-`, a.system, script)
 	before := a.head
 	if before == "" {
 		before = strings.Repeat("0", 40)
 	}
 	sha := a.repo.Commit(a.t, fmt.Sprintf("version %d with %s", a.version, strings.Join(settings, " ")),
-		map[string]string{"flake.nix": flake})
+		map[string]string{"flake.nix": a.flake(script)})
 	a.repo.Push(a.t, "main")
 	a.head = sha
 	return sha, a.delivery(before, sha)

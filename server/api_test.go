@@ -48,7 +48,6 @@ type apiRig struct {
 	system string
 	nonce  string
 	n      int
-	served chan error
 }
 
 // rigOptions configure newAPIRig.
@@ -67,7 +66,7 @@ func newAPIRig(t *testing.T, o rigOptions) *apiRig {
 	t.Helper()
 	state := t.TempDir()
 	r := &apiRig{t: t, logs: &testenv.Buffer{}, system: "x86_64-linux",
-		nonce: fmt.Sprintf("%x", time.Now().UnixNano()), served: make(chan error, 1)}
+		nonce: fmt.Sprintf("%x", time.Now().UnixNano())}
 	cloneURL := "http://127.0.0.1:1/nowhere.git"
 	if o.git {
 		testenv.Require(t, "git")
@@ -101,34 +100,7 @@ func newAPIRig(t *testing.T, o rigOptions) *apiRig {
 	if o.writeTimeout > 0 {
 		r.srv.App().Server().WriteTimeout = o.writeTimeout
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.url = "http://" + ln.Addr().String()
-	go func() { r.served <- r.srv.Listen(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), answerDeadline)
-		defer cancel()
-		if err := r.srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		select {
-		case err := <-r.served:
-			if err != nil {
-				t.Errorf("Listen: %v", err)
-			}
-		case <-ctx.Done():
-			t.Error("Listen did not return after Shutdown")
-		}
-	})
-	waitUntil(t, answerDeadline, func() bool {
-		resp, err := http.Get(r.url + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil
-	}, "the server never answered")
+	r.url = "http://" + serve(t, r.srv)
 	return r
 }
 
@@ -271,6 +243,44 @@ func (r *apiRig) waitState(id int64, s deploy.State) {
 	if d.State != s {
 		r.t.Fatalf("deploy %d ended %s before reaching %s: %s", id, d.State, s, d.Error)
 	}
+}
+
+// serve runs srv on 127.0.0.1:0 until the test ends, then shuts it down
+// and checks that Listen returned. It returns the address once the server
+// answers.
+func serve(t *testing.T, srv *Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Listen(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), answerDeadline)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		select {
+		case err := <-served:
+			if err != nil {
+				t.Errorf("Listen: %v", err)
+			}
+		case <-ctx.Done():
+			t.Error("Listen did not return after Shutdown")
+		}
+	})
+	addr := ln.Addr().String()
+	// Serving once means Listen has started before anything can stop it.
+	waitUntil(t, answerDeadline, func() bool {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	}, "the server never answered")
+	return addr
 }
 
 // waitUntil polls cond every 10ms until it holds, failing after timeout.

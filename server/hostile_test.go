@@ -69,36 +69,8 @@ func newHostileRig(t *testing.T) *hostileRig {
 	_, q := queuetest.Start(t, cfg, log, queuetest.Options{Grace: endWithin})
 	r.queue = q
 	srv := New(Options{Config: cfg, Deployer: q, Operator: q, Log: log})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.addr = ln.Addr().String()
+	r.addr = serve(t, srv)
 	r.url = "http://" + r.addr
-	served := make(chan error, 1)
-	go func() { served <- srv.Listen(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), answerDeadline)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("Listen: %v", err)
-			}
-		case <-ctx.Done():
-			t.Error("Listen did not return after Shutdown")
-		}
-	})
-	waitUntil(t, answerDeadline, func() bool {
-		resp, err := http.Get(r.url + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil
-	}, "the server never answered")
 	return r
 }
 
