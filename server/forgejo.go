@@ -22,7 +22,8 @@ const (
 )
 
 // forgejoPush is the part of a Forgejo (or Gitea) push payload flakeship
-// reads. Forgejo sends no "deleted" or "forced": a branch deletion is a
+// reads, as encoding/json decodes it when a scan cannot decide (see
+// jsonscan.go). Forgejo sends no "deleted" or "forced": a branch deletion is a
 // separate "delete" event.
 type forgejoPush struct {
 	Ref        string    `json:"ref"`
@@ -65,10 +66,39 @@ func verifyForgejo(h http.Header, body []byte, secret config.Secret) error {
 	return checkSignature(body, secret, name, sig)
 }
 
+// decodeForgejoPush decodes body with encoding/json into forgejoPush.
+func decodeForgejoPush(body []byte) (*payload, error) {
+	var f forgejoPush
+	if err := json.Unmarshal(body, &f); err != nil {
+		return nil, err
+	}
+	return f.payload(), nil
+}
+
+// payload returns the push as a scan of its body for Forgejo finds it.
+func (f *forgejoPush) payload() *payload {
+	return &payload{
+		kind:       forge.Forgejo,
+		Repo:       f.Repository.FullName,
+		Ref:        f.Ref,
+		Before:     f.Before,
+		After:      f.After,
+		HeadCommit: f.HeadCommit,
+		Commits:    f.Commits,
+		Pusher:     pusher{Login: f.Pusher.Login, Username: f.Pusher.Username},
+	}
+}
+
 // parseForgejo turns a Forgejo or Gitea delivery into the push it describes,
 // in the same order and with the same errors as parseGitHub. Forgejo has no
 // ping: its "test delivery" is a push with before equal to after, ignored.
 func parseForgejo(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error) {
+	return parseForgejoScanned(h, body, nil, secret)
+}
+
+// parseForgejoScanned is parseForgejo given scanned, the scan of body for
+// Forgejo, or nil to scan it once the signature and headers pass.
+func parseForgejoScanned(h http.Header, body []byte, scanned *payload, secret config.Secret) (forge.PushEvent, error) {
 	if err := verifyForgejo(h, body, secret); err != nil {
 		return forge.PushEvent{}, err
 	}
@@ -84,11 +114,11 @@ func parseForgejo(h http.Header, body []byte, secret config.Secret) (forge.PushE
 		return forge.PushEvent{}, ignored("event %s", clip(event))
 	}
 
-	var p forgejoPush
-	if err := json.Unmarshal(body, &p); err != nil {
-		return forge.PushEvent{}, malformed("body", err)
+	p, err := pushPayload(body, scanned, forge.Forgejo)
+	if err != nil {
+		return forge.PushEvent{}, err
 	}
-	branch, err := checkPush(p.Repository.FullName, p.Ref, p.After, false)
+	branch, err := checkPush(p.Repo, p.Ref, p.After, false)
 	if err != nil {
 		return forge.PushEvent{}, err
 	}
@@ -98,7 +128,7 @@ func parseForgejo(h http.Header, body []byte, secret config.Secret) (forge.PushE
 	ev := forge.PushEvent{
 		Forge:      forge.Forgejo,
 		DeliveryID: deliveryID,
-		Repo:       p.Repository.FullName,
+		Repo:       p.Repo,
 		Branch:     branch,
 		SHA:        p.After,
 		Pusher:     p.Pusher.Login,

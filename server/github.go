@@ -17,7 +17,8 @@ const (
 	githubSignatureHeader = "X-Hub-Signature-256"
 )
 
-// githubPush is the part of GitHub's push payload flakeship reads.
+// githubPush is the part of GitHub's push payload flakeship reads, as
+// encoding/json decodes it when a scan cannot decide (see jsonscan.go).
 type githubPush struct {
 	Ref        string  `json:"ref"`
 	After      string  `json:"after"`
@@ -64,6 +65,29 @@ func verifyGitHub(h http.Header, body []byte, secret config.Secret) error {
 	return checkSignature(body, secret, githubSignatureHeader, sig)
 }
 
+// decodeGitHubPush decodes body with encoding/json into githubPush.
+func decodeGitHubPush(body []byte) (*payload, error) {
+	var g githubPush
+	if err := json.Unmarshal(body, &g); err != nil {
+		return nil, err
+	}
+	return g.payload(), nil
+}
+
+// payload returns the push as a scan of its body for GitHub finds it.
+func (g *githubPush) payload() *payload {
+	return &payload{
+		kind:       forge.GitHub,
+		Repo:       g.Repository.FullName,
+		Ref:        g.Ref,
+		After:      g.After,
+		Deleted:    g.Deleted,
+		Forced:     g.Forced,
+		HeadCommit: g.HeadCommit,
+		Pusher:     pusher{Name: g.Pusher.Name},
+	}
+}
+
 // parseGitHub turns a GitHub delivery into the push it describes. It checks
 // the signature first, then the headers, then decodes and validates the
 // payload before any field is used. It returns ErrSignature, an ErrMalformed
@@ -72,6 +96,12 @@ func verifyGitHub(h http.Header, body []byte, secret config.Secret) error {
 // A Forgejo delivery sent here parses too: Forgejo also sends the GitHub
 // headers and a sha256= signature, and the same payload fields.
 func parseGitHub(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error) {
+	return parseGitHubScanned(h, body, nil, secret)
+}
+
+// parseGitHubScanned is parseGitHub given scanned, the scan of body for
+// GitHub, or nil to scan it once the signature and headers pass.
+func parseGitHubScanned(h http.Header, body []byte, scanned *payload, secret config.Secret) (forge.PushEvent, error) {
 	if err := verifyGitHub(h, body, secret); err != nil {
 		return forge.PushEvent{}, err
 	}
@@ -87,18 +117,18 @@ func parseGitHub(h http.Header, body []byte, secret config.Secret) (forge.PushEv
 		return forge.PushEvent{}, ignored("event %s", clip(event))
 	}
 
-	var p githubPush
-	if err := json.Unmarshal(body, &p); err != nil {
-		return forge.PushEvent{}, malformed("body", err)
+	p, err := pushPayload(body, scanned, forge.GitHub)
+	if err != nil {
+		return forge.PushEvent{}, err
 	}
-	branch, err := checkPush(p.Repository.FullName, p.Ref, p.After, p.Deleted)
+	branch, err := checkPush(p.Repo, p.Ref, p.After, p.Deleted)
 	if err != nil {
 		return forge.PushEvent{}, err
 	}
 	ev := forge.PushEvent{
 		Forge:      forge.GitHub,
 		DeliveryID: deliveryID,
-		Repo:       p.Repository.FullName,
+		Repo:       p.Repo,
 		Branch:     branch,
 		SHA:        p.After,
 		Forced:     p.Forced,

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/flakeship/flakeship/config"
+	"github.com/flakeship/flakeship/forge"
 )
 
 // What GitHub's and Forgejo's push payloads have in common. Each forge file
@@ -95,25 +96,66 @@ func firstHeader(h http.Header, names ...string) (name, value string) {
 	return names[0], ""
 }
 
-// repoOf reads repository.full_name from a payload without decoding the
-// rest, to choose the targets (and so the secrets) to verify it with. It
-// returns "" when the payload names no repository.
-func repoOf(body []byte) (string, error) {
+// repoOf returns the repository.full_name of body, scanned as p, to choose
+// the targets (and so the secrets) to verify it with. It returns "" when
+// the payload names no repository. Where the scan could not decide, it
+// decodes body with encoding/json, as it did before the scanner, for the
+// same error.
+func repoOf(body []byte, p *payload) (string, error) {
+	name := p.Repo
+	if p.repoUnsure {
+		var err error
+		if name, err = decodeRepo(body); err != nil {
+			return "", malformed("body", err)
+		}
+	}
+	if name == "" {
+		return "", nil
+	}
+	if err := config.ValidateRepo(name); err != nil {
+		return "", malformed("repository.full_name", err)
+	}
+	return name, nil
+}
+
+// decodeRepo decodes repository.full_name from body with encoding/json,
+// into the struct whose type its errors name.
+func decodeRepo(body []byte) (string, error) {
 	var p struct {
 		Repository struct {
 			FullName string `json:"full_name"`
 		} `json:"repository"`
 	}
-	if err := json.Unmarshal(body, &p); err != nil {
-		return "", malformed("body", err)
+	err := json.Unmarshal(body, &p)
+	return p.Repository.FullName, err
+}
+
+// pushPayload returns the push fields of body for forge kind as
+// json.Unmarshal decodes them into its struct (githubPush, forgejoPush), or
+// an ErrMalformed with encoding/json's error. scanned is body's scan for
+// kind, or nil to scan it now; where the scan could not decide, body is
+// decoded with encoding/json.
+func pushPayload(body []byte, scanned *payload, kind forge.Kind) (*payload, error) {
+	p := scanned
+	if p == nil || p.kind != kind {
+		p = scanPayload(body, kind)
 	}
-	if p.Repository.FullName == "" {
-		return "", nil
+	if !p.pushUnsure {
+		return p, nil
 	}
-	if err := config.ValidateRepo(p.Repository.FullName); err != nil {
-		return "", malformed("repository.full_name", err)
+	var err error
+	switch kind {
+	case forge.GitHub:
+		p, err = decodeGitHubPush(body)
+	case forge.Forgejo:
+		p, err = decodeForgejoPush(body)
+	default:
+		return nil, fmt.Errorf("decode push: forge %q has no push payload", kind)
 	}
-	return p.Repository.FullName, nil
+	if err != nil {
+		return nil, malformed("body", err)
+	}
+	return p, nil
 }
 
 // short is the 7-character display form of a sha.

@@ -126,8 +126,8 @@ func (s *Server) routes(app *fiber.App) {
 	// A panic in a handler becomes an error, answered 500 and logged.
 	app.Use(recover.New())
 
-	app.Post("/hooks/github", s.hook(forge.GitHub, githubHeaders, parseGitHub))
-	forgejo := s.hook(forge.Forgejo, forgejoHeaders, parseForgejo)
+	app.Post("/hooks/github", s.hook(forge.GitHub, githubHeaders, parseGitHubScanned))
+	forgejo := s.hook(forge.Forgejo, forgejoHeaders, parseForgejoScanned)
 	app.Post("/hooks/forgejo", forgejo)
 	app.Post("/hooks/gitea", forgejo)
 
@@ -175,11 +175,16 @@ type headersFunc func(h http.Header) (event, deliveryID string, err error)
 // parseFunc turns a delivery into a push (parseGitHub, parseForgejo).
 type parseFunc func(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error)
 
+// scannedParseFunc is a parseFunc also given the scan of the body for its
+// forge (parseGitHubScanned, parseForgejoScanned), so that a delivery's body
+// is read once however many secrets are tried.
+type scannedParseFunc func(h http.Header, body []byte, scanned *payload, secret config.Secret) (forge.PushEvent, error)
+
 // hook returns the webhook handler of one forge. Every delivery is reported
 // to the delivery observer once, with its final status: here when the
 // handler answered it, in handleError when fiber answers an error instead (a
 // panic, or a delivery refused before any handler ran: too large, too slow).
-func (s *Server) hook(kind forge.Kind, headers headersFunc, parse parseFunc) fiber.Handler {
+func (s *Server) hook(kind forge.Kind, headers headersFunc, parse scannedParseFunc) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		err := s.handleHook(c, kind, headers, parse)
 		if err == nil {
@@ -217,7 +222,7 @@ func hookKind(method, path string) (kind forge.Kind, ok bool) {
 // repository, verifies the signature with their secrets, and submits a
 // deploy for each target of the pushed branch. The deploy is stored before
 // the answer, and no work outlives the handler.
-func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headers headersFunc, parse parseFunc) error {
+func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headers headersFunc, parse scannedParseFunc) error {
 	start := s.now()
 	// The raw bytes, as signed: c.Body() would decode a Content-Encoding.
 	// Cloned because fasthttp reuses the buffer once the handler returns.
@@ -231,7 +236,10 @@ func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headers headersFunc, 
 	}
 	log = log.With("delivery_id", deliveryID, "event", clip(event))
 
-	repo, err := repoOf(body)
+	// One pass over the body validates it and reads what follows from it:
+	// the repository now, the push once a secret verifies the signature.
+	scanned := scanPayload(body, kind)
+	repo, err := repoOf(body, scanned)
 	if err != nil {
 		if strings.HasPrefix(string(c.Request().Header.ContentType()), "application/x-www-form-urlencoded") {
 			err = fmt.Errorf("%w: the webhook's content type must be application/json", ErrMalformed)
@@ -247,7 +255,7 @@ func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headers headersFunc, 
 		return s.refuse(c, log, ignored("unknown repository %s", repo))
 	}
 
-	ev, verified, err := parseFor(h, body, targets, parse)
+	ev, verified, err := parseFor(h, body, scanned, targets, parse)
 	if err != nil {
 		return s.refuse(c, log, err)
 	}
@@ -309,19 +317,19 @@ func (s *Server) targetsFor(kind forge.Kind, repo string) []config.Target {
 	return ts
 }
 
-// parseFor parses a delivery with the secret of each target of its
-// repository and returns the push with the targets whose secret verifies it.
-// If none does, it returns the signature error. A delivery that verifies but
-// is ignored or malformed is so for every secret that verifies it, so that
-// error is returned at once.
-func parseFor(h http.Header, body []byte, targets []config.Target, parse parseFunc) (forge.PushEvent, []config.Target, error) {
+// parseFor parses a delivery (scanned is its body's scan) with the secret of
+// each target of its repository and returns the push with the targets whose
+// secret verifies it. If none does, it returns the signature error. A
+// delivery that verifies but is ignored or malformed is so for every secret
+// that verifies it, so that error is returned at once.
+func parseFor(h http.Header, body []byte, scanned *payload, targets []config.Target, parse scannedParseFunc) (forge.PushEvent, []config.Target, error) {
 	var (
 		ev       forge.PushEvent
 		verified []config.Target
 		sigErr   error
 	)
 	for _, t := range targets {
-		e, err := parse(h, body, t.WebhookSecret)
+		e, err := parse(h, body, scanned, t.WebhookSecret)
 		switch {
 		case errors.Is(err, ErrSignature):
 			if sigErr == nil {
