@@ -3,6 +3,7 @@ package builder
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -23,17 +24,39 @@ type Nix struct {
 }
 
 // Build builds the flake output s.Attr of the commit c with
-// `nix build --json --no-link --print-build-logs`, streaming the build log
-// to log, and returns the store path of its "out" output. The build runs in
-// a process group of its own that is stopped when ctx ends; the error then
-// wraps ctx.Err(). Other errors are one line ("nix build: exit status 1"):
-// the details are in log.
+// `nix build --json --print-build-logs`, streaming the build log to log, and
+// returns the store path of its "out" output. The build runs in a process
+// group of its own that is stopped when ctx ends; the error then wraps
+// ctx.Err(). Other errors are one line ("nix build: exit status 1"): the
+// details are in log.
+//
+// For a service or build-only target, nix sets the build into s.Profile as
+// a new generation itself (`--profile`), which saves Switch a second nix
+// process; a build that fails or is stopped after nix moved the profile
+// moves it back. A NixOS build is only linked as a garbage collector root
+// (`--no-link`): its switcher checks it is a system, and a test activation
+// adds no generation, before the system profile may change.
 func (n *Nix) Build(ctx context.Context, s Spec, c Checkout, log io.Writer) (outPath string, err error) {
 	ref, err := installable(c, s.Attr)
 	if err != nil {
 		return "", fmt.Errorf("nix build: %w", err)
 	}
-	args := append(n.flags(s), "build", "--json", "--no-link", "--print-build-logs", ref)
+	var into *profile
+	args := append(n.flags(s), "build", "--json", "--print-build-logs")
+	if s.Profile != "" && (s.Activate == config.ActivateService || s.Activate == config.ActivateNone) {
+		p, err := newProfile(s.Profile, n.tool(s, "nix-env"))
+		if err != nil {
+			return "", fmt.Errorf("nix build: %w", err)
+		}
+		if err := os.MkdirAll(filepath.Dir(p.path), 0o755); err != nil {
+			return "", fmt.Errorf("nix build: create profile dir: %w", err)
+		}
+		into = &p
+		args = append(args, "--profile", p.path)
+	} else {
+		args = append(args, "--no-link")
+	}
+	args = append(args, ref)
 	var env []string
 	if s.NixCache != "" {
 		// nix keeps its own clone of the repository and its evaluation
@@ -45,14 +68,22 @@ func (n *Nix) Build(ctx context.Context, s Spec, c Checkout, log io.Writer) (out
 		}
 		env = []string{"XDG_CACHE_HOME=" + s.NixCache}
 	}
+	var before Generation
+	if into != nil {
+		if before, err = into.current(); err != nil && !errors.Is(err, ErrNoGeneration) {
+			return "", fmt.Errorf("nix build: %w", err)
+		}
+	}
 	fmt.Fprintf(log, "building %s\n", ref)
 	start := time.Now()
 	stdout, err := outputCommandEnv(ctx, log, env, n.binary(s), args...)
-	if err != nil {
-		return "", fmt.Errorf("nix build: %w", err)
+	if err == nil {
+		outPath, err = parseBuildJSON(stdout)
 	}
-	outPath, err = parseBuildJSON(stdout)
 	if err != nil {
+		if into != nil {
+			err = errors.Join(err, into.restore(before, log))
+		}
 		return "", fmt.Errorf("nix build: %w", err)
 	}
 	fmt.Fprintf(log, "built %s in %s\n", outPath, time.Since(start).Round(time.Millisecond))

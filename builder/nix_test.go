@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/internal/testenv"
 )
 
@@ -374,4 +375,88 @@ func processesWith(t testing.TB, marker string) []string {
 		}
 	}
 	return found
+}
+
+func TestNixBuildSetsAServiceBuildIntoItsProfile(t *testing.T) {
+	testenv.Require(t, "git", "nix")
+	repo := newFlakeRepo(t)
+	p := newTestProfile(t)
+	s := repo.spec()
+	s.Activate, s.Profile = config.ActivateNone, p.path
+	n := testNix()
+
+	first := repo.commit("ok", map[string]string{"version": fmt.Sprintf("1.%d", time.Now().UnixNano())})
+	var log bytes.Buffer
+	outPath, err := n.Build(context.Background(), s, first, &log)
+	if err != nil {
+		t.Fatalf("Build: %v\nlog:\n%s", err, log.String())
+	}
+	gen1 := Generation{Number: 1, OutPath: outPath}
+	wantCurrent(t, p, gen1)
+
+	// The switch finds the build in place and adds no generation.
+	sw, err := NewSwitcher(s, n, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, err := sw.Switch(context.Background(), outPath, &log); err != nil || g != gen1 {
+		t.Fatalf("Switch = %+v, %v; want %+v", g, err, gen1)
+	}
+	wantGenerations(t, p, gen1)
+
+	// A failing build leaves the profile where it was.
+	failing := repo.commit("fail", map[string]string{"version": "2"})
+	if out, err := n.Build(context.Background(), s, failing, &log); err == nil {
+		t.Fatalf("Build of a failing flake = %q, want an error", out)
+	}
+	wantGenerations(t, p, gen1)
+	wantCurrent(t, p, gen1)
+
+	// A NixOS build is never set into a profile by the build.
+	nixos := s
+	nixos.Activate = config.ActivateNixOS
+	next := repo.commit("ok", map[string]string{"version": fmt.Sprintf("3.%d", time.Now().UnixNano())})
+	if _, err := n.Build(context.Background(), nixos, next, &log); err != nil {
+		t.Fatalf("Build: %v\nlog:\n%s", err, log.String())
+	}
+	wantGenerations(t, p, gen1)
+}
+
+func TestProfileRestorePutsBackWhatABuildMoved(t *testing.T) {
+	testenv.Require(t, "nix")
+	ctx := context.Background()
+	p := newTestProfile(t)
+	a, b := addToStore(t, "a"), addToStore(t, "b")
+	var log bytes.Buffer
+
+	// The profile had no generation: its link goes again.
+	if _, err := p.set(ctx, a, &log); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.restore(Generation{}, &log); err != nil {
+		t.Fatalf("restore to nothing: %v", err)
+	}
+	if _, err := p.current(); !errors.Is(err, ErrNoGeneration) {
+		t.Fatalf("after restoring a profile that had nothing, current = %v; want ErrNoGeneration", err)
+	}
+
+	gen1, err := p.set(ctx, a, &log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.restore(gen1, &log); err != nil { // nothing moved
+		t.Fatalf("restore without a move: %v", err)
+	}
+	wantCurrent(t, p, gen1)
+	gen2, err := p.set(ctx, b, &log)
+	if err != nil || gen2.Number != 2 {
+		t.Fatalf("set = %+v, %v; want generation 2", gen2, err)
+	}
+	if err := p.restore(gen1, &log); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	wantCurrent(t, p, gen1)
+	if want := "moving it back"; !strings.Contains(log.String(), want) {
+		t.Errorf("log lacks %q:\n%s", want, log.String())
+	}
 }

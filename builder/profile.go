@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // profile is a nix profile of generations, like comin's
@@ -37,11 +38,17 @@ func newProfile(path, nixEnv string) (profile, error) {
 	return profile{path: filepath.Clean(path), nixEnv: nixEnv}, nil
 }
 
-// set makes outPath the profile's current generation: a new one, unless the
-// newest generation already points at outPath (nix-env reuses it then).
+// set makes outPath the profile's current generation: nothing changes when
+// the current generation points at it already (a build set it there);
+// otherwise a new generation, unless the newest one points at outPath
+// (nix-env reuses it then).
 func (p profile) set(ctx context.Context, outPath string, log io.Writer) (Generation, error) {
 	if !filepath.IsAbs(outPath) {
 		return Generation{}, fmt.Errorf("set profile %s: store path %q is not absolute", p.path, outPath)
+	}
+	// A build into the profile (Nix.Build) has set it already.
+	if g, err := p.current(); err == nil && g.OutPath == filepath.Clean(outPath) {
+		return g, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(p.path), 0o755); err != nil {
 		return Generation{}, fmt.Errorf("set profile %s: %w", p.path, err)
@@ -153,3 +160,33 @@ func (p profile) linkNumber(name string) (int, bool) {
 	n, err := strconv.Atoi(digits)
 	return n, err == nil && n > 0
 }
+
+// restore puts the profile back at generation before after a build that
+// may have moved it and then failed (ErrNoGeneration's zero Generation: the
+// profile had none, and its link goes). It does nothing when the profile did
+// not move. It must work when the build's context has ended, so it has a
+// deadline of its own.
+func (p profile) restore(before Generation, log io.Writer) error {
+	now, err := p.current()
+	switch {
+	case errors.Is(err, ErrNoGeneration) && before.Number == 0:
+		return nil
+	case err != nil:
+		return fmt.Errorf("restore profile %s: %w", p.path, err)
+	case now.Number == before.Number:
+		return nil
+	}
+	fmt.Fprintf(log, "the failed build moved profile %s to generation %d; moving it back\n", p.path, now.Number)
+	if before.Number == 0 {
+		if err := os.Remove(p.path); err != nil {
+			return fmt.Errorf("restore profile %s: %w", p.path, err)
+		}
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
+	defer cancel()
+	return p.switchTo(ctx, before, log)
+}
+
+// restoreTimeout bounds restore's nix-env.
+const restoreTimeout = 30 * time.Second

@@ -164,12 +164,26 @@ func (s *serviceSwitcher) Current(ctx context.Context) (Generation, error) {
 // restart, it returns the new generation with the error, so the caller
 // knows the profile moved and can roll back.
 func (s *serviceSwitcher) Switch(ctx context.Context, outPath string, log io.Writer) (Generation, error) {
+	// The unit's state is read while nix-env sets the profile: neither
+	// waits for the other.
+	unitState := make(chan probed, 1)
+	go func() {
+		state, err := s.probe(ctx, "is-failed")
+		unitState <- probed{state, err}
+	}()
 	g, err := s.profile.set(ctx, outPath, log)
+	before := <-unitState
 	if err != nil {
 		return Generation{}, err
 	}
 	fmt.Fprintf(log, "profile %s is at generation %d: %s\n", s.profile.path, g.Number, g.OutPath)
-	return g, s.restart(ctx, log)
+	return g, s.restartFrom(ctx, log, before)
+}
+
+// probed is the answer of a systemctl probe.
+type probed struct {
+	answer string
+	err    error
 }
 
 // Verify implements Switcher: see verifier.verify.
@@ -260,6 +274,15 @@ func (s *verifier) check(ctx context.Context, log io.Writer, v *verification) (s
 		fmt.Fprintf(log, "health %s answered %d after %s\n", s.health, code, since(v.start))
 		return "", true, nil
 	}
+	// With a health URL, ask it first and the unit after: an answer counts
+	// only if the unit is still active after it (not the last breath of a
+	// process on its way down), and one probe of the unit per round tells
+	// both that and whether it failed.
+	var code int
+	var healthErr error
+	if s.healthURL != "" {
+		code, healthErr = checkHealth(ctx, s.client, s.healthURL, s.health)
+	}
 	state, err := s.probe(ctx, "is-active")
 	switch {
 	case err != nil && ctx.Err() != nil:
@@ -270,6 +293,8 @@ func (s *verifier) check(ctx context.Context, log io.Writer, v *verification) (s
 		fmt.Fprintf(log, "%s failed after %s; its status:\n", s.unit, since(v.start))
 		s.writeStatus(ctx, log)
 		return "", true, fmt.Errorf("%s failed after %s", s.unit, since(v.start))
+	case state != "active" && healthErr == nil && s.healthURL != "":
+		return fmt.Sprintf("%s is %s after health answered %d", s.unit, state, code), false, nil
 	case state != "active":
 		v.activeSince = time.Time{}
 		return s.unit + " is " + state, false, nil
@@ -282,22 +307,8 @@ func (s *verifier) check(ctx context.Context, log io.Writer, v *verification) (s
 		}
 		fmt.Fprintf(log, "%s is active after %s\n", s.unit, since(v.start))
 		return "", true, nil
-	}
-
-	code, err := checkHealth(ctx, s.client, s.healthURL, s.health)
-	if err != nil {
-		return err.Error(), false, nil
-	}
-	// It answered: make sure that was not the last breath of a process on
-	// its way down.
-	state, err = s.probe(ctx, "is-active")
-	switch {
-	case err != nil && ctx.Err() != nil:
-		return "", false, nil
-	case err != nil:
-		return "", true, fmt.Errorf("verify %s: %w", s.unit, err)
-	case state != "active":
-		return fmt.Sprintf("%s is %s after health answered %d", s.unit, state, code), false, nil
+	case healthErr != nil:
+		return healthErr.Error(), false, nil
 	}
 	fmt.Fprintf(log, "health %s answered %d after %s\n", s.health, code, since(v.start))
 	return "", true, nil
@@ -323,21 +334,22 @@ func (s *serviceSwitcher) SwitchTo(ctx context.Context, to Generation, log io.Wr
 	if err := s.profile.switchTo(ctx, to, log); err != nil {
 		return err
 	}
-	return s.restart(ctx, log)
+	state, err := s.probe(ctx, "is-failed")
+	return s.restartFrom(ctx, log, probed{state, err})
 }
 
-// restart restarts the unit. systemd refuses a start beyond the unit's
-// StartLimitBurst (5 in 10s by default) and leaves it failed, so a burst of
-// deploys and rollbacks could leave the service down: a failed unit gets
-// reset-failed (which also clears the start count) first, and a restart
-// refused for the start limit is retried once after reset-failed. Both
-// are written to log when they happen.
-func (s *serviceSwitcher) restart(ctx context.Context, log io.Writer) error {
-	state, err := s.probe(ctx, "is-failed")
-	if err != nil {
-		return fmt.Errorf("restart %s: %w", s.unit, err)
+// restartFrom restarts the unit, whose `is-failed` answer was before.
+// systemd refuses a start beyond the unit's StartLimitBurst (5 in 10s by
+// default) and leaves it failed, so a burst of deploys and rollbacks could
+// leave the service down: a failed unit gets reset-failed (which also
+// clears the start count) first, and a restart refused for the start limit
+// is retried once after reset-failed. Both are written to log when they
+// happen.
+func (s *serviceSwitcher) restartFrom(ctx context.Context, log io.Writer, before probed) error {
+	if before.err != nil {
+		return fmt.Errorf("restart %s: %w", s.unit, before.err)
 	}
-	if state == "failed" {
+	if before.answer == "failed" {
 		fmt.Fprintf(log, "unit %s was in failed state; reset-failed before restart\n", s.unit)
 		s.log.Info("unit was in failed state; reset-failed before restart")
 		if err := s.systemctl(ctx, log, "reset-failed"); err != nil {
@@ -345,7 +357,7 @@ func (s *serviceSwitcher) restart(ctx context.Context, log io.Writer) error {
 		}
 	}
 	fmt.Fprintf(log, "restarting %s\n", s.unit)
-	err = s.systemctl(ctx, log, "restart")
+	err := s.systemctl(ctx, log, "restart")
 	if err == nil || ctx.Err() != nil {
 		return wrapIf(err, "restart "+s.unit)
 	}

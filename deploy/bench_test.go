@@ -39,7 +39,7 @@ func benchStore(b *testing.B, dir string) *store.Store {
 // clone URL refuses connections: its deploy spends about two seconds
 // retrying the fetch and then fails, so the target is busy and each new push
 // replaces the one that waits (which ends superseded), as in a burst.
-func benchQueue(b *testing.B) *deploy.Queue {
+func benchQueue(b *testing.B) (*deploy.Queue, *heldStore) {
 	b.Helper()
 	state := b.TempDir()
 	cfg := &config.Config{StateDir: state, PublicURL: "https://deploy.example.test", MaxParallel: 1, Nix: "nix"}
@@ -52,8 +52,9 @@ func benchQueue(b *testing.B) *deploy.Queue {
 	// Formatted as in production (text, info), then thrown away.
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	nix := &builder.Nix{Binary: cfg.Nix}
+	st := &heldStore{Store: benchStore(b, state)}
 	q, err := deploy.New(deploy.Options{
-		Config: cfg, Store: benchStore(b, state), Fetcher: builder.NewFetcher(log), Builder: nix,
+		Config: cfg, Store: st, Fetcher: builder.NewFetcher(log), Builder: nix,
 		Switcher: func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
 		Log:      log,
 	})
@@ -71,7 +72,7 @@ func benchQueue(b *testing.B) *deploy.Queue {
 			b.Errorf("queue shutdown: %v", err)
 		}
 	})
-	return q
+	return q, st
 }
 
 // benchPush is a push of commit n with delivery id.
@@ -83,10 +84,13 @@ func benchPush(n int64, id string) forge.PushEvent {
 }
 
 // BenchmarkSubmitPush measures storing and queueing a push: "new" is a new
-// delivery each time (one transaction for deploy and delivery id, and one
-// more for the superseded deploy it replaces), "redelivery" the same
+// delivery each time (the deploy, its delivery id and the superseding of
+// the deploy it replaces, in one transaction shared with the pushes that
+// wait for the same commit), "redelivery" the same
 // delivery again (a look-up, nothing written). "conns=64" submits from 64
-// goroutines at once; its ns/op is the inverse of the throughput.
+// goroutines at once; its ns/op is the inverse of the throughput, and
+// deploys/commit says how many pushes shared one transaction and its sync
+// (group commit).
 func BenchmarkSubmitPush(b *testing.B) {
 	for _, newID := range []bool{true, false} {
 		for _, conns := range []int{1, 64} {
@@ -95,7 +99,7 @@ func BenchmarkSubmitPush(b *testing.B) {
 				name = "redelivery"
 			}
 			b.Run(fmt.Sprintf("%s/conns=%d", name, conns), func(b *testing.B) {
-				q := benchQueue(b)
+				q, st := benchQueue(b)
 				ctx := context.Background()
 				// The first push starts the deploy that keeps the target busy.
 				if _, dup, err := q.SubmitPush(ctx, "app", benchPush(0, "first")); err != nil || dup {
@@ -132,6 +136,15 @@ func BenchmarkSubmitPush(b *testing.B) {
 						}
 					}
 				})
+				if newID {
+					// Group commit: how many pushes shared a sync.
+					created, commits := 0, 0
+					for _, c := range st.batches()[1:] {
+						created += c
+						commits++
+					}
+					b.ReportMetric(float64(created)/float64(max(commits, 1)), "deploys/commit")
+				}
 			})
 		}
 	}

@@ -76,6 +76,18 @@ type Filter struct {
 	Limit  int // 0: the store's default (50); capped at 1000
 }
 
+// StoreTx writes deploys within one transaction of Store.Batch.
+type StoreTx interface {
+	// Create is Store.Create within the transaction: d.ID is set at once, and
+	// the deploy is durable when the transaction commits. A Create that
+	// returns ErrDuplicateDelivery wrote nothing and leaves the transaction
+	// usable.
+	Create(ctx context.Context, d *Deploy) error
+	// Update is Store.Update within the transaction; it also sees deploys
+	// created earlier in it.
+	Update(ctx context.Context, d *Deploy) error
+}
+
 // Store records deploys durably. The deploy package defines it; package store
 // implements it on SQLite. Every method is safe for concurrent use.
 type Store interface {
@@ -86,6 +98,11 @@ type Store interface {
 	Create(ctx context.Context, d *Deploy) error
 	// Update writes every field of d (found by d.ID).
 	Update(ctx context.Context, d *Deploy) error
+	// Batch runs fn with one transaction and commits it: when Batch returns
+	// nil, everything fn wrote is durable, after one sync of the disk for
+	// all of it; when fn or the commit fails, nothing fn wrote is stored
+	// and Batch returns the error. fn must not call the Store itself.
+	Batch(ctx context.Context, fn func(tx StoreTx) error) error
 	// Get returns one deploy or ErrNotFound.
 	Get(ctx context.Context, id int64) (*Deploy, error)
 	// List returns deploys, newest (highest id) first.

@@ -76,6 +76,12 @@ type Queue struct {
 
 	senders map[string]*statusSender
 
+	// intake holds submissions waiting for the next group commit
+	// (commitIntake); committing is true while some submission leads one.
+	intakeMu   sync.Mutex
+	intake     []*submission
+	committing bool
+
 	mu      sync.Mutex
 	closed  bool
 	targets map[string]*targetQueue
@@ -260,50 +266,246 @@ func (q *Queue) SubmitPush(ctx context.Context, target string, ev forge.PushEven
 }
 
 func (q *Queue) submit(ctx context.Context, d *Deploy) (*Deploy, bool, error) {
-	// The lock is held across the store write so that deploys of one target
-	// are queued in the order they were stored.
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.closed {
-		return nil, false, ErrClosed
+	sub := &submission{deploy: d, wake: make(chan bool, 1)}
+	q.intakeMu.Lock()
+	q.intake = append(q.intake, sub)
+	lead := !q.committing
+	q.committing = true
+	q.intakeMu.Unlock()
+	if !lead {
+		// Another submission leads the commit: it stores this one with its
+		// own, or hands the lead on to this one.
+		lead = <-sub.wake
 	}
-	if err := q.store.Create(ctx, d); err != nil {
-		if errors.Is(err, ErrDuplicateDelivery) {
-			first, gerr := q.store.Get(ctx, d.ID)
-			if gerr != nil {
-				return nil, false, fmt.Errorf("submit push: load first deploy of delivery: %w", gerr)
-			}
-			q.fillURL(first)
-			return first, true, nil
-		}
-		return nil, false, fmt.Errorf("submit push: %w", err)
+	if lead {
+		q.commitIntake(ctx, sub)
 	}
-	q.fillURL(d)
-	q.log.Info("deploy queued", "target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA),
-		"trigger", d.Trigger, "delivery_id", d.DeliveryID)
-	q.notify(d)
-	if err := q.enqueueLocked(ctx, d); err != nil {
-		return nil, false, err
-	}
-	q.dispatchLocked()
-	out := *d
-	return &out, false, nil
+	return sub.out, sub.duplicate, sub.err
 }
 
-// enqueueLocked makes d the target's pending deploy, superseding the one
-// that waited before it.
+// submission is a deploy waiting in the intake to be stored and queued, and
+// then what became of it.
+type submission struct {
+	deploy *Deploy
+	// wake receives one value: false when the submission was committed (or
+	// failed) by another's commit, true when it is to lead the next commit.
+	wake chan bool
+
+	out       *Deploy // a copy of the stored deploy, or the first of its delivery
+	duplicate bool
+	err       error
+}
+
+// commitIntake stores and queues every submission waiting in the intake
+// (self among them) with one transaction, wakes their submitters, and hands
+// the lead to the first submission that arrived meanwhile, if any: group
+// commit. Each commit's sync is shared by all that waited during the
+// previous one, and nobody is answered before the sync that made their
+// deploy durable.
+func (q *Queue) commitIntake(ctx context.Context, self *submission) {
+	// The queue's lock is taken first, so that deploys that arrive while a
+	// running deploy records a transition join this commit.
+	q.mu.Lock()
+	q.intakeMu.Lock()
+	batch := q.intake
+	q.intake = nil
+	q.intakeMu.Unlock()
+	// One leader's request going away must not fail the others.
+	q.commitLocked(context.WithoutCancel(ctx), batch)
+	q.mu.Unlock()
+
+	for _, sub := range batch {
+		if sub != self {
+			sub.wake <- false
+		}
+	}
+	q.intakeMu.Lock()
+	if len(q.intake) > 0 {
+		q.intake[0].wake <- true
+	} else {
+		q.committing = false
+	}
+	q.intakeMu.Unlock()
+}
+
+// commitLocked stores the deploys of batch with their delivery ids in one
+// transaction, together with the superseding of the deploys they replace,
+// and only then queues them (in the order they were submitted) and records
+// what became of each submission. The caller holds q.mu.
+func (q *Queue) commitLocked(ctx context.Context, batch []*submission) {
+	if q.closed {
+		for _, sub := range batch {
+			sub.err = ErrClosed
+		}
+		return
+	}
+	var (
+		created []*submission
+		plan    []supersession
+	)
+	err := q.store.Batch(ctx, func(tx StoreTx) error {
+		created, plan = created[:0], plan[:0]
+		for _, sub := range batch {
+			err := tx.Create(ctx, sub.deploy)
+			if errors.Is(err, ErrDuplicateDelivery) {
+				sub.duplicate = true
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			q.fillURL(sub.deploy)
+			created = append(created, sub)
+		}
+		var err error
+		plan, err = q.planSupersessions(created)
+		if err != nil {
+			return err
+		}
+		for _, p := range plan {
+			if p.next != nil {
+				if err := tx.Update(ctx, p.next); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		for _, sub := range batch {
+			sub.duplicate = false
+			sub.err = fmt.Errorf("submit push: %w", err)
+		}
+		return
+	}
+
+	for i, sub := range created {
+		d := sub.deploy
+		q.log.Info("deploy queued", "target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA),
+			"trigger", d.Trigger, "delivery_id", d.DeliveryID)
+		q.notify(d)
+		p := plan[i]
+		if p.next != nil {
+			from := p.old.State
+			*p.old = *p.next
+			q.announce(p.old, from, true)
+		}
+		q.targets[d.Target].pending = p.pending
+	}
+	q.observeWaitingLocked()
+	q.dispatchLocked()
+
+	for _, sub := range batch {
+		switch {
+		case !sub.duplicate:
+			out := *sub.deploy
+			sub.out = &out
+		default:
+			sub.out, sub.err = q.firstOfDelivery(ctx, sub.deploy.ID, created)
+		}
+	}
+}
+
+// supersession is what queueing one new deploy does to its target: pending
+// is the deploy that waits afterwards, the newer of the new one and the one
+// that waited before; that one, old, ends superseded as next says (a copy,
+// applied only once it is stored). old and next are nil when none waited.
+type supersession struct {
+	pending   *Deploy
+	old, next *Deploy
+}
+
+// planSupersessions says, for each new deploy in order, which deploy it
+// leaves waiting and which it supersedes, counting the earlier ones of the
+// same list. It changes nothing. The caller holds q.mu.
+func (q *Queue) planSupersessions(created []*submission) ([]supersession, error) {
+	plan := make([]supersession, 0, len(created))
+	waiting := map[string]*Deploy{}
+	for _, sub := range created {
+		d := sub.deploy
+		old, planned := waiting[d.Target]
+		if !planned {
+			old = q.targets[d.Target].pending
+		}
+		p := supersession{pending: d}
+		if old != nil {
+			next, err := q.superseded(old, d)
+			if err != nil {
+				return nil, err
+			}
+			p.pending = d
+			if old.ID > d.ID {
+				p.pending = old
+			}
+			p.old, p.next = next.loser, next.deploy
+		}
+		waiting[d.Target] = p.pending
+		plan = append(plan, p)
+	}
+	return plan, nil
+}
+
+// supersededDeploy is the older of two deploys that would both wait, as it
+// ends superseded by the newer one.
+type supersededDeploy struct {
+	loser  *Deploy // the deploy itself, unchanged
+	deploy *Deploy // a copy, superseded
+}
+
+// superseded returns the older (lower id) of a and b as it ends superseded
+// by the newer, without changing either.
+func (q *Queue) superseded(a, b *Deploy) (supersededDeploy, error) {
+	loser, winner := a, b
+	if loser.ID > winner.ID {
+		loser, winner = winner, loser
+	}
+	next := *loser
+	by := winner.ID
+	next.SupersededBy = &by
+	next.describeSHA = winner.SHA
+	next.Error = fmt.Sprintf("superseded by deploy %d (%s)", winner.ID, short(winner.SHA))
+	if err := next.Advance(Superseded, q.now()); err != nil {
+		return supersededDeploy{}, fmt.Errorf("deploy %d: %w", loser.ID, err)
+	}
+	return supersededDeploy{loser: loser, deploy: &next}, nil
+}
+
+// firstOfDelivery returns a copy of deploy id, the first of a delivery that
+// came again: from this commit's new deploys, or from the store.
+func (q *Queue) firstOfDelivery(ctx context.Context, id int64, created []*submission) (*Deploy, error) {
+	for _, sub := range created {
+		if sub.deploy.ID == id {
+			out := *sub.deploy
+			return &out, nil
+		}
+	}
+	first, err := q.store.Get(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("submit push: load first deploy of delivery: %w", err)
+	}
+	q.fillURL(first)
+	return first, nil
+}
+
+// enqueueLocked makes d (stored already) the target's pending deploy,
+// superseding the one that waited before it. Start uses it for the deploys
+// it recovers; new submissions go through commitLocked.
 func (q *Queue) enqueueLocked(ctx context.Context, d *Deploy) error {
 	tq := q.targets[d.Target]
 	if old := tq.pending; old != nil {
-		if old.ID > d.ID {
-			old, d = d, old
-		}
-		old.SupersededBy = &d.ID
-		old.describeSHA = d.SHA
-		old.Error = fmt.Sprintf("superseded by deploy %d (%s)", d.ID, short(d.SHA))
-		if err := q.transition(ctx, old, Superseded, true); err != nil {
+		next, err := q.superseded(old, d)
+		if err != nil {
 			return err
 		}
+		if next.loser == d {
+			d = old
+		}
+		if err := q.store.Update(ctx, next.deploy); err != nil {
+			return fmt.Errorf("record deploy %d %s: %w", next.deploy.ID, Superseded, err)
+		}
+		from := next.loser.State
+		*next.loser = *next.deploy
+		q.announce(next.loser, from, true)
 	}
 	tq.pending = d
 	q.observeWaitingLocked()
@@ -473,16 +675,23 @@ func (q *Queue) transition(ctx context.Context, d *Deploy, s State, post bool) e
 	if err := q.store.Update(ctx, d); err != nil {
 		return fmt.Errorf("record deploy %d %s: %w", d.ID, s, err)
 	}
+	q.announce(d, from, post)
+	return nil
+}
+
+// announce tells everyone of d's stored move from state from: the forge
+// (if post), log followers, the log and the observer. The caller holds q.mu
+// (or is Start).
+func (q *Queue) announce(d *Deploy, from State, post bool) {
 	if post {
 		q.notify(d)
 	}
 	q.broadcastLocked()
 	q.log.Info("deploy state changed", "target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA),
-		"from", from, "state", s)
+		"from", from, "state", d.State)
 	if q.observer != nil {
 		q.observer.Transition(d, from)
 	}
-	return nil
 }
 
 // finish ends d in state s (used for deploys that never ran).

@@ -112,6 +112,12 @@ func (r *rig) queue() *deploy.Queue {
 // newQueue starts a queue on the rig's store; the caller shuts it down.
 func (r *rig) newQueue() *deploy.Queue {
 	r.t.Helper()
+	return r.newQueueOn(r.store)
+}
+
+// newQueueOn starts a queue on st; the caller shuts it down.
+func (r *rig) newQueueOn(st deploy.Store) *deploy.Queue {
+	r.t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	nix := &builder.Nix{Binary: r.cfg.Nix, Flags: r.cfg.NixFlags}
 	notifiers := map[string]notifier.Notifier{}
@@ -123,7 +129,7 @@ func (r *rig) newQueue() *deploy.Queue {
 		notifiers[t.Name] = n
 	}
 	q, err := deploy.New(deploy.Options{
-		Config: r.cfg, Store: r.store, Fetcher: builder.NewFetcher(log), Builder: nix,
+		Config: r.cfg, Store: st, Fetcher: builder.NewFetcher(log), Builder: nix,
 		Switcher:  func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
 		Notifiers: notifiers, Log: log,
 	})

@@ -118,6 +118,22 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 	if !q.step(rec, d, Building, lf) {
 		return
 	}
+	// What runs now is read before the build: a build may set itself into
+	// the profile (builder.Nix.Build), and the rollback must go to what ran
+	// before it.
+	sw, err := q.switcher(spec)
+	if err != nil {
+		lf.Printf("== activation failed: %v", err)
+		q.fail(rec, d, Failed, fmt.Sprintf("activate: %v", err))
+		return
+	}
+	prev, err := sw.Current(buildCtx)
+	hasPrev := err == nil
+	if err != nil && !errors.Is(err, builder.ErrNoGeneration) {
+		lf.Printf("== activation failed: %v", err)
+		q.fail(rec, d, Failed, fmt.Sprintf("activate: read profile: %v", err))
+		return
+	}
 	outPath, err := q.builder.Build(buildCtx, spec, checkout, lf)
 	if err != nil {
 		if stopped("build", err) {
@@ -137,19 +153,6 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 	actCtx, cancelAct := context.WithTimeout(context.Background(), activationTimeout(t))
 	defer cancelAct()
 	if !q.step(rec, d, Activating, lf) {
-		return
-	}
-	sw, err := q.switcher(spec)
-	if err != nil {
-		lf.Printf("== activation failed: %v", err)
-		q.fail(rec, d, Failed, fmt.Sprintf("activate: %v", err))
-		return
-	}
-	prev, err := sw.Current(actCtx)
-	hasPrev := err == nil
-	if err != nil && !errors.Is(err, builder.ErrNoGeneration) {
-		lf.Printf("== activation failed: %v", err)
-		q.fail(rec, d, Failed, fmt.Sprintf("activate: read profile: %v", err))
 		return
 	}
 	gen, err := sw.Switch(actCtx, outPath, lf)

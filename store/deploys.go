@@ -59,57 +59,113 @@ func (s *Store) Create(ctx context.Context, d *deploy.Deploy) error {
 }
 
 func (s *Store) create(ctx context.Context, d *deploy.Deploy) error {
-	args, err := deployArgs(d)
-	if err != nil {
-		return err
-	}
 	tx, err := s.write.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback() // a no-op once committed
-
-	if d.DeliveryID != "" {
-		// The single writer and BEGIN IMMEDIATE make this look-up and the
-		// inserts below atomic; UNIQUE (forge, delivery_id, target) stands
-		// behind them.
-		var first int64
-		err := tx.QueryRowContext(ctx,
-			`SELECT deploy_id FROM deliveries WHERE forge = ? AND delivery_id = ? AND target = ?`,
-			string(d.Forge), d.DeliveryID, d.Target).Scan(&first)
-		switch {
-		case err == nil:
-			d.ID = first
-			return fmt.Errorf("%s delivery %q was stored as deploy %d: %w",
-				d.Forge, d.DeliveryID, first, deploy.ErrDuplicateDelivery)
-		case !errors.Is(err, sql.ErrNoRows):
-			return fmt.Errorf("look up delivery %q: %w", d.DeliveryID, err)
-		}
-	}
-
-	res, err := tx.ExecContext(ctx, insertDeploy, args...)
+	id, err := s.stmts.in(ctx, tx).insert(ctx, d)
 	if err != nil {
 		return err
-	}
-	id, err := res.LastInsertId()
-	if err != nil {
-		return err
-	}
-	if d.DeliveryID != "" {
-		// received_at is the deploy's creation: the deploy is made when the
-		// delivery arrives.
-		_, err := tx.ExecContext(ctx,
-			`INSERT INTO deliveries (forge, delivery_id, target, deploy_id, received_at) VALUES (?, ?, ?, ?, ?)`,
-			string(d.Forge), d.DeliveryID, d.Target, id, formatTime(d.CreatedAt))
-		if err != nil {
-			return fmt.Errorf("record delivery %q: %w", d.DeliveryID, err)
-		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
 	d.ID = id
 	return nil
+}
+
+// writeStmts are the prepared statements of insert and update.
+type writeStmts struct {
+	findDelivery, insertDeploy, insertDelivery, updateDeploy *sql.Stmt
+}
+
+// prepareWrites prepares writeStmts on db.
+func prepareWrites(ctx context.Context, db *sql.DB) (writeStmts, error) {
+	var (
+		w    writeStmts
+		errs []error
+	)
+	prepare := func(q string) *sql.Stmt {
+		st, err := db.PrepareContext(ctx, q)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("prepare %.40q: %w", q, err))
+		}
+		return st
+	}
+	w.findDelivery = prepare(`SELECT deploy_id FROM deliveries WHERE forge = ? AND delivery_id = ? AND target = ?`)
+	w.insertDeploy = prepare(insertDeploy)
+	w.insertDelivery = prepare(`INSERT INTO deliveries (forge, delivery_id, target, deploy_id, received_at) VALUES (?, ?, ?, ?, ?)`)
+	w.updateDeploy = prepare(updateDeploy)
+	if err := errors.Join(errs...); err != nil {
+		return writeStmts{}, errors.Join(err, w.close())
+	}
+	return w, nil
+}
+
+// close closes the statements that were prepared.
+func (w writeStmts) close() error {
+	var errs []error
+	for _, st := range []*sql.Stmt{w.findDelivery, w.insertDeploy, w.insertDelivery, w.updateDeploy} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// in returns the statements bound to tx.
+func (w writeStmts) in(ctx context.Context, tx *sql.Tx) writeStmts {
+	return writeStmts{
+		findDelivery:   tx.StmtContext(ctx, w.findDelivery),
+		insertDeploy:   tx.StmtContext(ctx, w.insertDeploy),
+		insertDelivery: tx.StmtContext(ctx, w.insertDelivery),
+		updateDeploy:   tx.StmtContext(ctx, w.updateDeploy),
+	}
+}
+
+// insert writes d and its delivery id with statements bound to a write
+// transaction (in), and returns d's new id. For a delivery id stored before
+// it writes nothing, sets d.ID to the first deploy's id and returns an error
+// that is deploy.ErrDuplicateDelivery.
+func (w writeStmts) insert(ctx context.Context, d *deploy.Deploy) (int64, error) {
+	args, err := deployArgs(d)
+	if err != nil {
+		return 0, err
+	}
+	if d.DeliveryID != "" {
+		// The single writer and BEGIN IMMEDIATE make this look-up and the
+		// inserts below atomic; UNIQUE (forge, delivery_id, target) stands
+		// behind them.
+		var first int64
+		err := w.findDelivery.QueryRowContext(ctx, string(d.Forge), d.DeliveryID, d.Target).Scan(&first)
+		switch {
+		case err == nil:
+			d.ID = first
+			return 0, fmt.Errorf("%s delivery %q was stored as deploy %d: %w",
+				d.Forge, d.DeliveryID, first, deploy.ErrDuplicateDelivery)
+		case !errors.Is(err, sql.ErrNoRows):
+			return 0, fmt.Errorf("look up delivery %q: %w", d.DeliveryID, err)
+		}
+	}
+
+	res, err := w.insertDeploy.ExecContext(ctx, args...)
+	if err != nil {
+		return 0, err
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return 0, err
+	}
+	if d.DeliveryID != "" {
+		// received_at is the deploy's creation: the deploy is made when the
+		// delivery arrives.
+		_, err := w.insertDelivery.ExecContext(ctx, string(d.Forge), d.DeliveryID, d.Target, id, formatTime(d.CreatedAt))
+		if err != nil {
+			return 0, fmt.Errorf("record delivery %q: %w", d.DeliveryID, err)
+		}
+	}
+	return id, nil
 }
 
 // Update writes every field of d to the deploy d.ID, or returns an error
@@ -123,11 +179,17 @@ func (s *Store) Update(ctx context.Context, d *deploy.Deploy) error {
 }
 
 func (s *Store) update(ctx context.Context, d *deploy.Deploy) error {
+	// One statement outside a transaction commits by itself.
+	return s.stmts.update(ctx, d)
+}
+
+// update writes every field of d, or returns deploy.ErrNotFound.
+func (w writeStmts) update(ctx context.Context, d *deploy.Deploy) error {
 	args, err := deployArgs(d)
 	if err != nil {
 		return err
 	}
-	res, err := s.write.ExecContext(ctx, updateDeploy, append(args, d.ID)...)
+	res, err := w.updateDeploy.ExecContext(ctx, append(args, d.ID)...)
 	if err != nil {
 		return err
 	}

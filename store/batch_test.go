@@ -1,0 +1,175 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/flakeship/flakeship/deploy"
+)
+
+func TestBatchStoresEveryWriteTogether(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "flakeship.db")
+	s, err := Open(ctx, path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting := create(t, s, newDeploy("app", 1))
+
+	first, second := newDeploy("app", 2), newDeploy("app", 3)
+	first.DeliveryID, second.DeliveryID = "d-2", "d-3"
+	again := newDeploy("app", 4)
+	again.DeliveryID = "d-2" // the same delivery as first, in the same batch
+	var dupErr error
+	err = s.Batch(ctx, func(tx deploy.StoreTx) error {
+		if err := tx.Create(ctx, first); err != nil {
+			return err
+		}
+		if err := tx.Create(ctx, second); err != nil {
+			return err
+		}
+		dupErr = tx.Create(ctx, again)
+		// The waiting deploy and first end superseded by second, in the
+		// same transaction that created them.
+		for _, d := range []*deploy.Deploy{waiting, first} {
+			d.State, d.SupersededBy = deploy.Superseded, ptr(second.ID)
+			if err := tx.Update(ctx, d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("Batch: %v", err)
+	}
+	if !errors.Is(dupErr, deploy.ErrDuplicateDelivery) || again.ID != first.ID {
+		t.Errorf("a delivery repeated within the batch gave %d, %v; want %d, ErrDuplicateDelivery", again.ID, dupErr, first.ID)
+	}
+	if first.ID != waiting.ID+1 || second.ID != waiting.ID+2 {
+		t.Errorf("ids = %d, %d after %d; want the next two", first.ID, second.ID, waiting.ID)
+	}
+	// Everything is in the file: read it back through a new Store.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openTestStore(t, path)
+	got, err := s.List(ctx, deploy.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []*deploy.Deploy{second, first, waiting}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after reopening, deploys = %+v, want %+v", got, want)
+	}
+	redelivered := newDeploy("app", 5)
+	redelivered.DeliveryID = "d-3"
+	if err := s.Create(ctx, redelivered); !errors.Is(err, deploy.ErrDuplicateDelivery) || redelivered.ID != second.ID {
+		t.Errorf("a delivery of the batch again gave %d, %v; want %d, ErrDuplicateDelivery", redelivered.ID, err, second.ID)
+	}
+}
+
+func TestBatchThatFailsStoresNothing(t *testing.T) {
+	ctx := context.Background()
+	s := newTestStore(t)
+	waiting := create(t, s, newDeploy("app", 1))
+	before := *waiting
+
+	boom := errors.New("boom")
+	fresh := newDeploy("app", 2)
+	fresh.DeliveryID = "d-2"
+	cases := map[string]func(tx deploy.StoreTx) error{
+		"fn fails": func(tx deploy.StoreTx) error {
+			if err := tx.Create(ctx, fresh); err != nil {
+				return err
+			}
+			changed := *waiting
+			changed.State = deploy.Superseded
+			if err := tx.Update(ctx, &changed); err != nil {
+				return err
+			}
+			return boom
+		},
+		"a write fails": func(tx deploy.StoreTx) error {
+			if err := tx.Create(ctx, fresh); err != nil {
+				return err
+			}
+			unknown := *waiting
+			unknown.ID = 999
+			return tx.Update(ctx, &unknown)
+		},
+	}
+	for name, fn := range cases {
+		t.Run(name, func(t *testing.T) {
+			err := s.Batch(ctx, fn)
+			if err == nil {
+				t.Fatal("Batch succeeded")
+			}
+			if name == "fn fails" && !errors.Is(err, boom) {
+				t.Errorf("Batch = %v, want fn's error", err)
+			}
+			if name == "a write fails" && !errors.Is(err, deploy.ErrNotFound) {
+				t.Errorf("Batch = %v, want ErrNotFound", err)
+			}
+			if fresh.ID != 0 {
+				t.Errorf("the id of a deploy that was not stored stays %d, want 0", fresh.ID)
+			}
+			got, err := s.List(ctx, deploy.Filter{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := []*deploy.Deploy{&before}; !reflect.DeepEqual(got, want) {
+				t.Errorf("after a failed batch, deploys = %+v, want only %+v", got, want)
+			}
+			// The delivery id was rolled back with its deploy: it stores now.
+			d := newDeploy("app", 3)
+			d.DeliveryID = fmt.Sprintf("d-2-%s", name)
+			create(t, s, d)
+			if err := s.Update(ctx, &before); err != nil { // the writer still works
+				t.Fatal(err)
+			}
+			if _, err := s.write.ExecContext(ctx, `DELETE FROM deploys WHERE id = ?`, d.ID); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	// The delivery of the failed batches was never recorded.
+	d := newDeploy("app", 4)
+	d.DeliveryID = "d-2"
+	if err := s.Create(ctx, d); err != nil {
+		t.Errorf("the delivery of a failed batch was recorded: %v", err)
+	}
+}
+
+// BenchmarkBatch stores deploys in batches of 1, 16 and 64, the way the
+// queue commits the pushes that wait for one sync: per deploy, a batch of n
+// costs 1/n of a sync.
+func BenchmarkBatch(b *testing.B) {
+	ctx := context.Background()
+	for _, size := range []int{1, 16, 64} {
+		b.Run(fmt.Sprintf("size=%d", size), func(b *testing.B) {
+			s := newTestStore(b)
+			n := 0
+			b.ResetTimer()
+			for b.Loop() {
+				err := s.Batch(ctx, func(tx deploy.StoreTx) error {
+					for range size {
+						n++
+						d := newDeploy("app", n)
+						d.DeliveryID = fmt.Sprintf("delivery-%d", n)
+						if err := tx.Create(ctx, d); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/deploy")
+		})
+	}
+}
