@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -120,10 +121,11 @@ func (s *Server) httpError(err error) (status int, msg string, internal bool) {
 // writeError answers err as JSON {"error": msg} (or {"ignored": reason}) and
 // logs it: internal errors at Error with their details, nothing else (the
 // caller logs what it rejects, with the delivery's identity).
-func (s *Server) writeError(c *fiber.Ctx, log *slog.Logger, err error) error {
+func (s *Server) writeError(c *fiber.Ctx, log attrLogger, err error) error {
 	status, msg, internal := s.httpError(err)
 	if internal {
-		log.Error("request failed", "method", c.Method(), "path", c.Path(), "err", err)
+		log.LogAttrs(context.Background(), slog.LevelError, "request failed",
+			slog.String("method", c.Method()), slog.String("path", c.Path()), slog.Any("err", err))
 	}
 	if status == http.StatusOK {
 		return c.Status(status).JSON(fiber.Map{"ignored": msg})

@@ -21,6 +21,11 @@ const (
 	giteaSignatureHeader   = "X-Gitea-Signature"
 )
 
+// forgejoHeaderNames are the headers a Forgejo or Gitea delivery is read
+// by, in canonical form.
+var forgejoHeaderNames = canonical(forgejoEventHeader, giteaEventHeader, forgejoDeliveryHeader,
+	giteaDeliveryHeader, forgejoSignatureHeader, giteaSignatureHeader)
+
 // forgejoPush is the part of a Forgejo (or Gitea) push payload flakeship
 // reads, as encoding/json decodes it when a scan cannot decide (see
 // jsonscan.go). Forgejo sends no "deleted" or "forced": a branch deletion is a

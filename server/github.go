@@ -17,6 +17,10 @@ const (
 	githubSignatureHeader = "X-Hub-Signature-256"
 )
 
+// githubHeaderNames are the headers a GitHub delivery is read by, in
+// canonical form (http.CanonicalHeaderKey).
+var githubHeaderNames = canonical(githubEventHeader, githubDeliveryHeader, githubSignatureHeader)
+
 // githubPush is the part of GitHub's push payload flakeship reads, as
 // encoding/json decodes it when a scan cannot decide (see jsonscan.go).
 type githubPush struct {

@@ -86,6 +86,15 @@ func checkDeliveryID(header, id string) error {
 	return nil
 }
 
+// canonical returns names in canonical form (http.CanonicalHeaderKey).
+func canonical(names ...string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = http.CanonicalHeaderKey(n)
+	}
+	return out
+}
+
 // firstHeader returns the value of the first of names that h carries.
 func firstHeader(h http.Header, names ...string) (name, value string) {
 	for _, n := range names {

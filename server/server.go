@@ -126,8 +126,8 @@ func (s *Server) routes(app *fiber.App) {
 	// A panic in a handler becomes an error, answered 500 and logged.
 	app.Use(recover.New())
 
-	app.Post("/hooks/github", s.hook(forge.GitHub, githubHeaders, parseGitHubScanned))
-	forgejo := s.hook(forge.Forgejo, forgejoHeaders, parseForgejoScanned)
+	app.Post("/hooks/github", s.hook(forge.GitHub, githubHeaderNames, githubHeaders, parseGitHubScanned))
+	forgejo := s.hook(forge.Forgejo, forgejoHeaderNames, forgejoHeaders, parseForgejoScanned)
 	app.Post("/hooks/forgejo", forgejo)
 	app.Post("/hooks/gitea", forgejo)
 
@@ -184,9 +184,9 @@ type scannedParseFunc func(h http.Header, body []byte, scanned *payload, secret 
 // to the delivery observer once, with its final status: here when the
 // handler answered it, in handleError when fiber answers an error instead (a
 // panic, or a delivery refused before any handler ran: too large, too slow).
-func (s *Server) hook(kind forge.Kind, headers headersFunc, parse scannedParseFunc) fiber.Handler {
+func (s *Server) hook(kind forge.Kind, headerNames []string, headers headersFunc, parse scannedParseFunc) fiber.Handler {
 	return func(c *fiber.Ctx) error {
-		err := s.handleHook(c, kind, headers, parse)
+		err := s.handleHook(c, kind, headerNames, headers, parse)
 		if err == nil {
 			s.observeDelivery(kind, c.Response().StatusCode())
 		}
@@ -222,19 +222,20 @@ func hookKind(method, path string) (kind forge.Kind, ok bool) {
 // repository, verifies the signature with their secrets, and submits a
 // deploy for each target of the pushed branch. The deploy is stored before
 // the answer, and no work outlives the handler.
-func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headers headersFunc, parse scannedParseFunc) error {
+func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headerNames []string, headers headersFunc, parse scannedParseFunc) error {
 	start := s.now()
 	// The raw bytes, as signed: c.Body() would decode a Content-Encoding.
-	// Cloned because fasthttp reuses the buffer once the handler returns.
-	body := bytes.Clone(c.Request().Body())
-	h := requestHeader(c)
-	log := s.log.With("forge", kind)
+	// fasthttp reuses the buffer once the handler returns, and nothing keeps
+	// it: the scan and the push copy what they read.
+	body := c.Request().Body()
+	h := requestHeader(c, headerNames)
+	log := newDeliveryLog(s.log, slog.String("forge", string(kind)))
 
 	event, deliveryID, err := headers(h)
 	if err != nil {
 		return s.refuse(c, log, err)
 	}
-	log = log.With("delivery_id", deliveryID, "event", clip(event))
+	log.add(slog.String("delivery_id", deliveryID), slog.String("event", clip(event)))
 
 	// One pass over the body validates it and reads what follows from it:
 	// the repository now, the push once a secret verifies the signature.
@@ -249,7 +250,7 @@ func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headers headersFunc, 
 	if repo == "" {
 		return s.refuse(c, log, ignored("no repository in payload"))
 	}
-	log = log.With("repo", repo)
+	log.add(slog.String("repo", repo))
 	targets := s.targetsFor(kind, repo)
 	if len(targets) == 0 {
 		return s.refuse(c, log, ignored("unknown repository %s", repo))
@@ -259,7 +260,7 @@ func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headers headersFunc, 
 	if err != nil {
 		return s.refuse(c, log, err)
 	}
-	log = log.With("branch", ev.Branch, "sha", short(ev.SHA))
+	log.add(slog.String("branch", ev.Branch), slog.String("sha", short(ev.SHA)))
 	var deploying []config.Target
 	for _, t := range verified {
 		if t.Branch == ev.Branch {
@@ -281,10 +282,11 @@ func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headers headersFunc, 
 			err = errors.New("no deploy returned")
 		}
 		if err != nil {
-			return s.writeError(c, log.With("target", t.Name), fmt.Errorf("submit push to %s: %w", t.Name, err))
+			log.add(slog.String("target", t.Name))
+			return s.writeError(c, log, fmt.Errorf("submit push to %s: %w", t.Name, err))
 		}
-		log.Info("delivery accepted", "target", t.Name, "deploy_id", d.ID,
-			"duplicate", duplicate, "duration", s.now().Sub(start))
+		log.LogAttrs(context.Background(), slog.LevelInfo, "delivery accepted", slog.String("target", t.Name),
+			slog.Int64("deploy_id", d.ID), slog.Bool("duplicate", duplicate), slog.Duration("duration", s.now().Sub(start)))
 		results = append(results, submitted{target: t.Name, deploy: d, duplicate: duplicate})
 	}
 	status, answer := answerFor(results)
@@ -293,12 +295,12 @@ func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headers headersFunc, 
 
 // refuse answers a delivery that deploys nothing: ignored ones are logged at
 // Info, rejected ones at Warn.
-func (s *Server) refuse(c *fiber.Ctx, log *slog.Logger, err error) error {
+func (s *Server) refuse(c *fiber.Ctx, log attrLogger, err error) error {
 	var ign *IgnoredError
 	if errors.As(err, &ign) {
-		log.Info("delivery ignored", "reason", ign.Reason)
+		log.LogAttrs(context.Background(), slog.LevelInfo, "delivery ignored", slog.String("reason", ign.Reason))
 	} else {
-		log.Warn("delivery rejected", "err", err)
+		log.LogAttrs(context.Background(), slog.LevelWarn, "delivery rejected", slog.Any("err", err))
 	}
 	return s.writeError(c, log, err)
 }
@@ -395,12 +397,21 @@ func answerFor(results []submitted) (int, hookAnswer) {
 	return status, a
 }
 
-// requestHeader copies the request's headers into an http.Header (names in
-// canonical form) for the parse functions, which know nothing of fiber.
-func requestHeader(c *fiber.Ctx) http.Header {
-	h := make(http.Header)
+// requestHeader copies the request's headers named in names (in canonical
+// form), every value of each, into an http.Header for the parse functions,
+// which know nothing of fiber. They read no others, so no others are
+// copied.
+func requestHeader(c *fiber.Ctx, names []string) http.Header {
+	h := make(http.Header, len(names))
 	c.Request().Header.VisitAll(func(k, v []byte) {
-		h.Add(string(k), string(v))
+		for _, n := range names {
+			// fasthttp gives names in canonical form; the fold is for a
+			// server that was told not to.
+			if string(k) == n || (len(k) == len(n) && bytes.EqualFold(k, []byte(n))) {
+				h[n] = append(h[n], string(v))
+				return
+			}
+		}
 	})
 	return h
 }
