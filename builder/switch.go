@@ -18,9 +18,11 @@ import (
 // defaultHealthTimeout is Verify's limit when the Spec sets none.
 const defaultHealthTimeout = 30 * time.Second
 
-// Verify polls with a delay that starts at pollMin and doubles up to pollMax.
+// Verify polls with a delay that starts at pollMin and doubles up to pollMax:
+// a service that listens within a few milliseconds of its restart is seen
+// healthy within a few more, and a slow one is asked about once a second.
 const (
-	pollMin = 50 * time.Millisecond
+	pollMin = 10 * time.Millisecond
 	pollMax = time.Second
 )
 
