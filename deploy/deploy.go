@@ -78,10 +78,19 @@ type Filter struct {
 
 // StoreTx writes deploys within one transaction of Store.Batch.
 type StoreTx interface {
+	// Delivered returns the id of the deploy that a delivery created for
+	// target (the delivery id as forge sent it), or 0 when the delivery was
+	// never stored.
+	Delivered(ctx context.Context, forge forge.Kind, deliveryID, target string) (int64, error)
+	// NextID returns the id that follows every id given so far: a caller
+	// that plans several deploys gives them NextID, NextID+1, ... itself.
+	NextID(ctx context.Context) (int64, error)
 	// Create is Store.Create within the transaction: d.ID is set at once, and
-	// the deploy is durable when the transaction commits. A Create that
-	// returns ErrDuplicateDelivery wrote nothing and leaves the transaction
-	// usable.
+	// the deploy is durable when the transaction commits. A d.ID set before
+	// (planned from NextID) is the id it is stored as. d may be stored in its
+	// final state, superseded by a deploy stored before it in the
+	// transaction. A Create that returns ErrDuplicateDelivery wrote nothing
+	// and leaves the transaction usable.
 	Create(ctx context.Context, d *Deploy) error
 	// Update is Store.Update within the transaction; it also sees deploys
 	// created earlier in it.

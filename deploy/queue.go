@@ -293,6 +293,7 @@ type submission struct {
 
 	out       *Deploy // a copy of the stored deploy, or the first of its delivery
 	duplicate bool
+	sameAs    *submission // the earlier submission of the same delivery in the batch
 	err       error
 }
 
@@ -344,26 +345,37 @@ func (q *Queue) commitLocked(ctx context.Context, batch []*submission) {
 		plan    []supersession
 	)
 	err := q.store.Batch(ctx, func(tx StoreTx) error {
-		created, plan = created[:0], plan[:0]
-		for _, sub := range batch {
-			err := tx.Create(ctx, sub.deploy)
-			if errors.Is(err, ErrDuplicateDelivery) {
-				sub.duplicate = true
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			q.fillURL(sub.deploy)
-			created = append(created, sub)
-		}
 		var err error
-		plan, err = q.planSupersessions(created)
-		if err != nil {
+		if created, err = q.newDeploys(ctx, tx, batch); err != nil || len(created) == 0 {
 			return err
 		}
+		if plan, err = q.planSupersessions(created); err != nil {
+			return err
+		}
+		// Each new deploy is stored as it ends up: a deploy superseded
+		// within the batch is written once, superseded, not queued and then
+		// changed. Only a deploy that waited before the batch is updated.
+		final := make(map[*Deploy]*Deploy, len(plan))
 		for _, p := range plan {
 			if p.next != nil {
+				final[p.old] = p.next
+			}
+		}
+		// Newest first, so that the deploy a superseded one names is
+		// stored before it.
+		isNew := make(map[*Deploy]bool, len(created))
+		for i := len(created) - 1; i >= 0; i-- {
+			d := created[i].deploy
+			isNew[d] = true
+			if f, ok := final[d]; ok {
+				d = f
+			}
+			if err := tx.Create(ctx, d); err != nil {
+				return err
+			}
+		}
+		for _, p := range plan {
+			if p.next != nil && !isNew[p.old] {
 				if err := tx.Update(ctx, p.next); err != nil {
 					return err
 				}
@@ -400,10 +412,60 @@ func (q *Queue) commitLocked(ctx context.Context, batch []*submission) {
 		case !sub.duplicate:
 			out := *sub.deploy
 			sub.out = &out
+		case sub.sameAs != nil:
+			out := *sub.sameAs.deploy
+			sub.out = &out
 		default:
-			sub.out, sub.err = q.firstOfDelivery(ctx, sub.deploy.ID, created)
+			sub.out, sub.err = q.firstOfDelivery(ctx, sub.deploy.ID)
 		}
 	}
+}
+
+// deliveryKey identifies a delivery to one target.
+type deliveryKey struct {
+	forge              forge.Kind
+	deliveryID, target string
+}
+
+// newDeploys sorts batch into duplicates (a delivery stored before, or
+// submitted earlier in the batch) and new deploys, and gives the new ones
+// their ids, in order, from the store's next id. The caller holds q.mu.
+func (q *Queue) newDeploys(ctx context.Context, tx StoreTx, batch []*submission) ([]*submission, error) {
+	var created []*submission
+	first := map[deliveryKey]*submission{}
+	for _, sub := range batch {
+		sub.duplicate, sub.sameAs = false, nil
+		d := sub.deploy
+		if d.DeliveryID != "" {
+			key := deliveryKey{d.Forge, d.DeliveryID, d.Target}
+			if f, ok := first[key]; ok {
+				sub.duplicate, sub.sameAs = true, f
+				continue
+			}
+			id, err := tx.Delivered(ctx, d.Forge, d.DeliveryID, d.Target)
+			if err != nil {
+				return nil, err
+			}
+			if id != 0 {
+				sub.duplicate, d.ID = true, id
+				continue
+			}
+			first[key] = sub
+		}
+		created = append(created, sub)
+	}
+	if len(created) == 0 {
+		return nil, nil
+	}
+	next, err := tx.NextID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i, sub := range created {
+		sub.deploy.ID = next + int64(i)
+		q.fillURL(sub.deploy)
+	}
+	return created, nil
 }
 
 // supersession is what queueing one new deploy does to its target: pending
@@ -470,15 +532,9 @@ func (q *Queue) superseded(a, b *Deploy) (supersededDeploy, error) {
 	return supersededDeploy{loser: loser, deploy: &next}, nil
 }
 
-// firstOfDelivery returns a copy of deploy id, the first of a delivery that
-// came again: from this commit's new deploys, or from the store.
-func (q *Queue) firstOfDelivery(ctx context.Context, id int64, created []*submission) (*Deploy, error) {
-	for _, sub := range created {
-		if sub.deploy.ID == id {
-			out := *sub.deploy
-			return &out, nil
-		}
-	}
+// firstOfDelivery returns deploy id, the first of a delivery that came
+// again, from the store.
+func (q *Queue) firstOfDelivery(ctx context.Context, id int64) (*Deploy, error) {
 	first, err := q.store.Get(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("submit push: load first deploy of delivery: %w", err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/flakeship/flakeship/deploy"
+	"github.com/flakeship/flakeship/forge"
 )
 
 // Batch runs fn with one write transaction and commits it, so that all of
@@ -45,10 +46,37 @@ type batchTx struct {
 	created []*deploy.Deploy // whose ids to reset if the batch fails
 }
 
+// Delivered returns the id of the deploy a delivery created for target, or
+// 0.
+func (b *batchTx) Delivered(ctx context.Context, f forge.Kind, deliveryID, target string) (int64, error) {
+	var id int64
+	err := b.stmts.findDelivery.QueryRowContext(ctx, string(f), deliveryID, target).Scan(&id)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("store: look up delivery %q: %w", deliveryID, err)
+	}
+	return id, nil
+}
+
+// NextID returns the id the next Create gives.
+func (b *batchTx) NextID(ctx context.Context) (int64, error) {
+	var id int64
+	if err := b.stmts.nextID.QueryRowContext(ctx).Scan(&id); err != nil {
+		return 0, fmt.Errorf("store: next deploy id: %w", err)
+	}
+	return id, nil
+}
+
 // Create stores d within the transaction, as Store.Create does, and sets
-// d.ID.
+// d.ID; a d.ID set before (from NextID) is the id it is stored as.
 func (b *batchTx) Create(ctx context.Context, d *deploy.Deploy) error {
-	id, err := b.stmts.insert(ctx, d)
+	want := d.ID
+	id, err := b.stmts.insert(ctx, d, want)
+	if err == nil && want != 0 && id != want {
+		err = fmt.Errorf("stored as deploy %d, not %d as planned", id, want)
+	}
 	if err != nil {
 		return fmt.Errorf("store: create deploy of %s@%s: %w", d.Target, short(d.SHA), err)
 	}

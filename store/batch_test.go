@@ -173,3 +173,71 @@ func BenchmarkBatch(b *testing.B) {
 		})
 	}
 }
+
+func TestBatchStoresPlannedDeploysInTheirFinalState(t *testing.T) {
+	ctx := context.Background()
+	s := newTestStore(t)
+	old := newDeploy("app", 1)
+	old.DeliveryID = "d-1"
+	create(t, s, old)
+
+	first, second := newDeploy("app", 2), newDeploy("app", 3)
+	err := s.Batch(ctx, func(tx deploy.StoreTx) error {
+		if id, err := tx.Delivered(ctx, old.Forge, "d-1", "app"); err != nil || id != old.ID {
+			t.Errorf("Delivered(d-1) = %d, %v; want %d", id, err, old.ID)
+		}
+		if id, err := tx.Delivered(ctx, old.Forge, "d-1", "other"); err != nil || id != 0 {
+			t.Errorf("Delivered(d-1, another target) = %d, %v; want 0", id, err)
+		}
+		next, err := tx.NextID(ctx)
+		if err != nil {
+			return err
+		}
+		if next != old.ID+1 {
+			t.Errorf("NextID = %d, want %d", next, old.ID+1)
+		}
+		// Both ids planned; second stored first, then first, superseded
+		// by it, in its final state.
+		first.ID, second.ID = next, next+1
+		first.State, first.SupersededBy = deploy.Superseded, ptr(second.ID)
+		if err := tx.Create(ctx, second); err != nil {
+			return err
+		}
+		return tx.Create(ctx, first)
+	})
+	if err != nil {
+		t.Fatalf("Batch: %v", err)
+	}
+	got, err := s.Get(ctx, first.ID)
+	if err != nil || got.State != deploy.Superseded || got.SupersededBy == nil || *got.SupersededBy != second.ID {
+		t.Errorf("first = %+v, %v; want superseded by %d", got, err, second.ID)
+	}
+
+	// A deploy superseded by one that is not stored breaks the foreign key,
+	// and nothing of the batch is stored; nor is a deploy planned with an id
+	// that is taken.
+	for name, fn := range map[string]func(tx deploy.StoreTx) error{
+		"dangling successor": func(tx deploy.StoreTx) error {
+			d := newDeploy("app", 4)
+			d.State, d.SupersededBy = deploy.Superseded, ptr(int64(9999))
+			return tx.Create(ctx, d)
+		},
+		"taken id": func(tx deploy.StoreTx) error {
+			d := newDeploy("app", 5)
+			if err := tx.Create(ctx, d); err != nil {
+				return err
+			}
+			again := newDeploy("app", 6)
+			again.ID = first.ID
+			return tx.Create(ctx, again)
+		},
+	} {
+		if err := s.Batch(ctx, fn); err == nil {
+			t.Errorf("%s: Batch succeeded", name)
+		}
+	}
+	all, err := s.List(ctx, deploy.Filter{})
+	if err != nil || len(all) != 3 {
+		t.Errorf("after the failed batches %d deploys are stored (%v), want 3", len(all), err)
+	}
+}

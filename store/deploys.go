@@ -28,14 +28,19 @@ const deployColumns = `id, target, forge, repo, branch, sha, "trigger", state,
 	superseded_by, url, author, message, pusher, delivery_id, out_path,
 	retry_of`
 
-// insertDeploy and updateDeploy take the arguments of deployArgs (and
-// updateDeploy the id last).
+// insertDeploy and updateDeploy take the arguments of deployArgs
+// (insertDeployAs the id first, updateDeploy the id last).
 const (
 	insertDeploy = `INSERT INTO deploys (target, forge, repo, branch, sha,
 	"trigger", state, generation, created_at, started_at, finished_at, steps,
 	error, superseded_by, url, author, message, pusher, delivery_id, out_path,
 	retry_of)
 	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	insertDeployAs = `INSERT INTO deploys (id, target, forge, repo, branch, sha,
+	"trigger", state, generation, created_at, started_at, finished_at, steps,
+	error, superseded_by, url, author, message, pusher, delivery_id, out_path,
+	retry_of)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	updateDeploy = `UPDATE deploys SET target = ?, forge = ?, repo = ?,
 	branch = ?, sha = ?, "trigger" = ?, state = ?, generation = ?,
 	created_at = ?, started_at = ?, finished_at = ?, steps = ?, error = ?,
@@ -64,7 +69,7 @@ func (s *Store) create(ctx context.Context, d *deploy.Deploy) error {
 		return err
 	}
 	defer tx.Rollback() // a no-op once committed
-	id, err := s.stmts.in(ctx, tx).insert(ctx, d)
+	id, err := s.stmts.in(ctx, tx).insert(ctx, d, 0)
 	if err != nil {
 		return err
 	}
@@ -77,7 +82,7 @@ func (s *Store) create(ctx context.Context, d *deploy.Deploy) error {
 
 // writeStmts are the prepared statements of insert and update.
 type writeStmts struct {
-	findDelivery, insertDeploy, insertDelivery, updateDeploy *sql.Stmt
+	findDelivery, insertDeploy, insertDeployAs, insertDelivery, updateDeploy, nextID *sql.Stmt
 }
 
 // prepareWrites prepares writeStmts on db.
@@ -95,8 +100,12 @@ func prepareWrites(ctx context.Context, db *sql.DB) (writeStmts, error) {
 	}
 	w.findDelivery = prepare(`SELECT deploy_id FROM deliveries WHERE forge = ? AND delivery_id = ? AND target = ?`)
 	w.insertDeploy = prepare(insertDeploy)
+	w.insertDeployAs = prepare(insertDeployAs)
 	w.insertDelivery = prepare(`INSERT INTO deliveries (forge, delivery_id, target, deploy_id, received_at) VALUES (?, ?, ?, ?, ?)`)
 	w.updateDeploy = prepare(updateDeploy)
+	// AUTOINCREMENT: the next id follows the largest ever given, which
+	// sqlite_sequence holds (no row before the first deploy).
+	w.nextID = prepare(`SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'deploys'), 0) + 1`)
 	if err := errors.Join(errs...); err != nil {
 		return writeStmts{}, errors.Join(err, w.close())
 	}
@@ -106,7 +115,7 @@ func prepareWrites(ctx context.Context, db *sql.DB) (writeStmts, error) {
 // close closes the statements that were prepared.
 func (w writeStmts) close() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{w.findDelivery, w.insertDeploy, w.insertDelivery, w.updateDeploy} {
+	for _, st := range []*sql.Stmt{w.findDelivery, w.insertDeploy, w.insertDeployAs, w.insertDelivery, w.updateDeploy, w.nextID} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -119,16 +128,19 @@ func (w writeStmts) in(ctx context.Context, tx *sql.Tx) writeStmts {
 	return writeStmts{
 		findDelivery:   tx.StmtContext(ctx, w.findDelivery),
 		insertDeploy:   tx.StmtContext(ctx, w.insertDeploy),
+		insertDeployAs: tx.StmtContext(ctx, w.insertDeployAs),
 		insertDelivery: tx.StmtContext(ctx, w.insertDelivery),
 		updateDeploy:   tx.StmtContext(ctx, w.updateDeploy),
+		nextID:         tx.StmtContext(ctx, w.nextID),
 	}
 }
 
 // insert writes d and its delivery id with statements bound to a write
-// transaction (in), and returns d's new id. For a delivery id stored before
-// it writes nothing, sets d.ID to the first deploy's id and returns an error
-// that is deploy.ErrDuplicateDelivery.
-func (w writeStmts) insert(ctx context.Context, d *deploy.Deploy) (int64, error) {
+// transaction (in), as deploy id if id is not 0 (an id NextID gave), and
+// returns d's id. For a delivery id stored before it writes nothing, sets
+// d.ID to the first deploy's id and returns an error that is
+// deploy.ErrDuplicateDelivery.
+func (w writeStmts) insert(ctx context.Context, d *deploy.Deploy, id int64) (int64, error) {
 	args, err := deployArgs(d)
 	if err != nil {
 		return 0, err
@@ -149,12 +161,16 @@ func (w writeStmts) insert(ctx context.Context, d *deploy.Deploy) (int64, error)
 		}
 	}
 
-	res, err := w.insertDeploy.ExecContext(ctx, args...)
+	var res sql.Result
+	if id != 0 {
+		res, err = w.insertDeployAs.ExecContext(ctx, append([]any{id}, args...)...)
+	} else {
+		res, err = w.insertDeploy.ExecContext(ctx, args...)
+	}
 	if err != nil {
 		return 0, err
 	}
-	id, err := res.LastInsertId()
-	if err != nil {
+	if id, err = res.LastInsertId(); err != nil {
 		return 0, err
 	}
 	if d.DeliveryID != "" {
