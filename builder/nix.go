@@ -24,25 +24,27 @@ type Nix struct {
 }
 
 // Build builds the flake output s.Attr of the commit c with
-// `nix build --json --print-build-logs`, streaming the build log to log, and
-// returns the store path of its "out" output. The build runs in a process
-// group of its own that is stopped when ctx ends; the error then wraps
-// ctx.Err(). Other errors are one line ("nix build: exit status 1"): the
-// details are in log.
+// `nix build --json --no-link --print-build-logs`, streaming the build log
+// to log, and returns the store path of its "out" output. The build runs in
+// a process group of its own that is stopped when ctx ends; the error then
+// wraps ctx.Err(). Other errors are one line ("nix build: exit status 1"):
+// the details are in log.
 //
 // For a service or build-only target, nix sets the build into s.Profile as
 // a new generation itself (`--profile`), which saves Switch a second nix
 // process; a build that fails or is stopped after nix moved the profile
-// moves it back. A NixOS build is only linked as a garbage collector root
-// (`--no-link`): its switcher checks it is a system, and a test activation
-// adds no generation, before the system profile may change.
+// moves it back. A NixOS build goes into no profile here: its switcher
+// checks it is a system, and a test activation adds no generation, before
+// the system profile may change.
 func (n *Nix) Build(ctx context.Context, s Spec, c Checkout, log io.Writer) (outPath string, err error) {
 	ref, err := installable(c, s.Attr)
 	if err != nil {
 		return "", fmt.Errorf("nix build: %w", err)
 	}
 	var into *profile
-	args := append(n.flags(s), "build", "--json", "--print-build-logs")
+	// --no-link always: without it nix also leaves a "result" link (a
+	// garbage collector root) in the working directory, --profile or not.
+	args := append(n.flags(s), "build", "--json", "--no-link", "--print-build-logs")
 	if s.Profile != "" && (s.Activate == config.ActivateService || s.Activate == config.ActivateNone) {
 		p, err := newProfile(s.Profile, n.tool(s, "nix-env"))
 		if err != nil {
@@ -53,8 +55,6 @@ func (n *Nix) Build(ctx context.Context, s Spec, c Checkout, log io.Writer) (out
 		}
 		into = &p
 		args = append(args, "--profile", p.path)
-	} else {
-		args = append(args, "--no-link")
 	}
 	args = append(args, ref)
 	var env []string

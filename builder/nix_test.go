@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -393,6 +394,11 @@ func TestNixBuildSetsAServiceBuildIntoItsProfile(t *testing.T) {
 	}
 	gen1 := Generation{Number: 1, OutPath: outPath}
 	wantCurrent(t, p, gen1)
+	// nix leaves a "result" link in the working directory unless told not
+	// to, --profile or not.
+	if _, err := os.Lstat("result"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the build left a result link in the working directory (%v)", err)
+	}
 
 	// The switch finds the build in place and adds no generation.
 	sw, err := NewSwitcher(s, n, nil)
