@@ -26,6 +26,10 @@ const (
 	pollMax = time.Second
 )
 
+// probeEvery is how often Verify asks systemd about a unit whose health URL
+// does not answer yet.
+const probeEvery = 100 * time.Millisecond
+
 // settle is how long a unit without a health URL must stay active before
 // Verify believes it: systemd calls a simple service active as soon as its
 // process is forked, even one that is about to crash.
@@ -224,7 +228,10 @@ func (s *verifier) verify(ctx context.Context, log io.Writer) error {
 	}
 	waitCtx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	// The first probe waits probeEvery: the unit was (re)started a moment
+	// ago, and its health URL may well answer first.
 	v := verification{start: time.Now(), last: "no answer yet"}
+	v.lastProbe = v.start
 	delay := pollMin
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -262,6 +269,7 @@ type verification struct {
 	start       time.Time
 	last        string    // the latest observation, logged when it changes
 	activeSince time.Time // when the unit was first seen active (no health URL)
+	lastProbe   time.Time // when the unit was last asked about
 }
 
 // check looks once. It returns what it saw, or done and Verify's result.
@@ -284,7 +292,15 @@ func (s *verifier) check(ctx context.Context, log io.Writer, v *verification) (s
 	var healthErr error
 	if s.healthURL != "" {
 		code, healthErr = checkHealth(ctx, s.client, s.healthURL, s.health)
+		// While the health URL does not answer, the unit is asked about
+		// only every probeEvery: a service that listens a few
+		// milliseconds after its restart is not kept waiting for
+		// systemctl, and one that failed is still seen within moments.
+		if healthErr != nil && time.Since(v.lastProbe) < probeEvery {
+			return healthErr.Error(), false, nil
+		}
 	}
+	v.lastProbe = time.Now()
 	state, err := s.probe(ctx, "is-active")
 	switch {
 	case err != nil && ctx.Err() != nil:
