@@ -87,10 +87,11 @@ type StoreTx interface {
 	NextID(ctx context.Context) (int64, error)
 	// Create is Store.Create within the transaction: d.ID is set at once, and
 	// the deploy is durable when the transaction commits. A d.ID set before
-	// (planned from NextID) is the id it is stored as. d may be stored in its
-	// final state, superseded by a deploy stored before it in the
-	// transaction. A Create that returns ErrDuplicateDelivery wrote nothing
-	// and leaves the transaction usable.
+	// (planned from NextID) is the id it is stored as; its delivery must
+	// have been looked up with Delivered, and a known one fails the
+	// transaction. d may be stored in its final state, superseded by a
+	// deploy stored before it in the transaction. A Create that returns
+	// ErrDuplicateDelivery wrote nothing and leaves the transaction usable.
 	Create(ctx context.Context, d *Deploy) error
 	// Update is Store.Update within the transaction; it also sees deploys
 	// created earlier in it.

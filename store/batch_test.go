@@ -241,3 +241,26 @@ func TestBatchStoresPlannedDeploysInTheirFinalState(t *testing.T) {
 		t.Errorf("after the failed batches %d deploys are stored (%v), want 3", len(all), err)
 	}
 }
+
+func TestBatchRefusesAPlannedDeployOfAKnownDelivery(t *testing.T) {
+	ctx := context.Background()
+	s := newTestStore(t)
+	first := newDeploy("app", 1)
+	first.DeliveryID = "d-1"
+	create(t, s, first)
+	err := s.Batch(ctx, func(tx deploy.StoreTx) error {
+		next, err := tx.NextID(ctx)
+		if err != nil {
+			return err
+		}
+		again := newDeploy("app", 2)
+		again.ID, again.DeliveryID = next, "d-1" // not looked up first
+		return tx.Create(ctx, again)
+	})
+	if err == nil {
+		t.Fatal("a planned deploy of a stored delivery was stored")
+	}
+	if all, err := s.List(ctx, deploy.Filter{}); err != nil || len(all) != 1 {
+		t.Errorf("%d deploys stored (%v), want only the first", len(all), err)
+	}
+}

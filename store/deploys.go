@@ -139,16 +139,19 @@ func (w writeStmts) in(ctx context.Context, tx *sql.Tx) writeStmts {
 // transaction (in), as deploy id if id is not 0 (an id NextID gave), and
 // returns d's id. For a delivery id stored before it writes nothing, sets
 // d.ID to the first deploy's id and returns an error that is
-// deploy.ErrDuplicateDelivery.
+// deploy.ErrDuplicateDelivery; with a planned id, whose delivery the caller
+// looked up (Delivered), the deliveries' UNIQUE key refuses it instead.
 func (w writeStmts) insert(ctx context.Context, d *deploy.Deploy, id int64) (int64, error) {
 	args, err := deployArgs(d)
 	if err != nil {
 		return 0, err
 	}
-	if d.DeliveryID != "" {
+	// A planned deploy (id set) was looked up with Delivered already, in the
+	// same transaction.
+	if d.DeliveryID != "" && id == 0 {
 		// The single writer and BEGIN IMMEDIATE make this look-up and the
 		// inserts below atomic; UNIQUE (forge, delivery_id, target) stands
-		// behind them.
+		// behind them, and refuses a planned deploy whose delivery is known.
 		var first int64
 		err := w.findDelivery.QueryRowContext(ctx, string(d.Forge), d.DeliveryID, d.Target).Scan(&first)
 		switch {
