@@ -24,6 +24,7 @@ type heldStore struct {
 	held    chan struct{} // receives when a Batch begins to wait at the gate
 	creates []int         // deploys created by each Batch that committed
 	fail    error         // the next Batch's fn fails with it
+	panics  bool          // the next Batch panics (before writing anything)
 }
 
 func (h *heldStore) hold() {
@@ -54,12 +55,15 @@ func (h *heldStore) batches() []int {
 
 func (h *heldStore) Batch(ctx context.Context, fn func(tx deploy.StoreTx) error) error {
 	h.mu.Lock()
-	gate, held, fail := h.gate, h.held, h.fail
-	h.fail = nil
+	gate, held, fail, panics := h.gate, h.held, h.fail, h.panics
+	h.fail, h.panics = nil, false
 	h.mu.Unlock()
 	if gate != nil {
 		held <- struct{}{}
 		<-gate
+	}
+	if panics {
+		panic("the store broke")
 	}
 	n := 0
 	err := h.Store.Batch(ctx, func(tx deploy.StoreTx) error {
@@ -241,4 +245,66 @@ func waitIntake(t *testing.T, q *deploy.Queue, n int) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+func TestQueueSurvivesACommitThatPanics(t *testing.T) {
+	r := newRig(t, "app")
+	sha := r.commitSlow()
+	held := &heldStore{Store: r.store}
+	q := r.newQueueOn(held)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		q.Shutdown(ctx)
+	})
+	ctx := context.Background()
+	running, _, err := q.SubmitPush(ctx, "app", push(sha, "d-running"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The leader's commit waits at the gate with another push behind it,
+	// then panics.
+	held.hold()
+	held.mu.Lock()
+	held.panics = true
+	held.mu.Unlock()
+	leader := make(chan any, 1)
+	go func() {
+		defer func() { leader <- recover() }()
+		q.SubmitPush(ctx, "app", push(sha, "d-lead"))
+	}()
+	select {
+	case <-held.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the leader's commit never began")
+	}
+	follower := make(chan submitted, 1)
+	go func() {
+		d, dup, err := q.SubmitPush(ctx, "app", push(sha, "d-follow"))
+		follower <- submitted{"d-follow", d, dup, err}
+	}()
+	waitIntake(t, q, 1)
+	held.release()
+
+	if p := <-leader; p == nil {
+		t.Error("the leader's SubmitPush returned; want the store's panic")
+	}
+	select {
+	case s := <-follower:
+		// It waited in the intake and leads the next commit, or was in
+		// the broken one and gets an error: either way it is answered.
+		if s.err == nil && s.deploy == nil {
+			t.Errorf("the follower got neither a deploy nor an error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the push behind a commit that panicked was never answered")
+	}
+	// The queue still takes pushes.
+	after, _, err := q.SubmitPush(ctx, "app", push(sha, "d-after"))
+	if err != nil {
+		t.Fatalf("a push after the panic: %v", err)
+	}
+	waitEnd(t, q, running.ID)
+	waitEnd(t, q, after.ID)
 }

@@ -311,22 +311,40 @@ func (q *Queue) commitIntake(ctx context.Context, self *submission) {
 	batch := q.intake
 	q.intake = nil
 	q.intakeMu.Unlock()
+	// Whatever happens to the commit, even a panic, every submitter of the
+	// batch is answered and the lead passes on: nobody waits for good.
+	defer q.passLead(batch, self)
+	defer q.mu.Unlock()
+	defer func() {
+		if p := recover(); p != nil {
+			for _, sub := range batch {
+				if sub.out == nil && sub.err == nil {
+					sub.err = fmt.Errorf("submit push: commit failed: %v", p)
+				}
+			}
+			panic(p)
+		}
+	}()
 	// One leader's request going away must not fail the others.
 	q.commitLocked(context.WithoutCancel(ctx), batch)
-	q.mu.Unlock()
+}
 
+// passLead wakes the submitters of a committed batch (but self, the
+// leader) and hands the lead to the first submission that arrived during
+// the commit, or ends the leading if none did.
+func (q *Queue) passLead(batch []*submission, self *submission) {
 	for _, sub := range batch {
 		if sub != self {
 			sub.wake <- false
 		}
 	}
 	q.intakeMu.Lock()
+	defer q.intakeMu.Unlock()
 	if len(q.intake) > 0 {
 		q.intake[0].wake <- true
 	} else {
 		q.committing = false
 	}
-	q.intakeMu.Unlock()
 }
 
 // commitLocked stores the deploys of batch with their delivery ids in one
