@@ -102,23 +102,29 @@ type submitted struct {
 	err      error
 }
 
-func TestQueueCommitsThePushesThatWaitTogether(t *testing.T) {
+// busyHeldQueue starts a queue on a heldStore over the rig's store, and
+// makes its target busy: the first push (of sha, a slow build) runs at once.
+func busyHeldQueue(t *testing.T) (q *deploy.Queue, held *heldStore, sha string, running *deploy.Deploy) {
+	t.Helper()
 	r := newRig(t, "app")
-	sha := r.commitSlow()
-	held := &heldStore{Store: r.store}
-	q := r.newQueueOn(held)
+	sha = r.commitSlow()
+	held = &heldStore{Store: r.store}
+	q = r.newQueueOn(held)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		q.Shutdown(ctx)
 	})
-	ctx := context.Background()
-
-	// The first push runs at once (a slow build): the target is busy.
-	running, _, err := q.SubmitPush(ctx, "app", push(sha, "d-running"))
+	running, _, err := q.SubmitPush(context.Background(), "app", push(sha, "d-running"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return q, held, sha, running
+}
+
+func TestQueueCommitsThePushesThatWaitTogether(t *testing.T) {
+	q, held, sha, running := busyHeldQueue(t)
+	ctx := context.Background()
 
 	// The next push leads a commit that is held; 20 pushes arrive meanwhile,
 	// two of them the same delivery.
@@ -248,20 +254,8 @@ func waitIntake(t *testing.T, q *deploy.Queue, n int) {
 }
 
 func TestQueueSurvivesACommitThatPanics(t *testing.T) {
-	r := newRig(t, "app")
-	sha := r.commitSlow()
-	held := &heldStore{Store: r.store}
-	q := r.newQueueOn(held)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		q.Shutdown(ctx)
-	})
+	q, held, sha, running := busyHeldQueue(t)
 	ctx := context.Background()
-	running, _, err := q.SubmitPush(ctx, "app", push(sha, "d-running"))
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	// The leader's commit waits at the gate with another push behind it,
 	// then panics.
