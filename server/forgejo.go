@@ -97,13 +97,10 @@ func (f *forgejoPush) payload() *payload {
 // parseForgejo turns a Forgejo or Gitea delivery into the push it describes,
 // in the same order and with the same errors as parseGitHub. Forgejo has no
 // ping: its "test delivery" is a push with before equal to after, ignored.
-func parseForgejo(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error) {
-	return parseForgejoScanned(h, body, nil, secret)
-}
-
-// parseForgejoScanned is parseForgejo given scanned, the scan of body for
-// Forgejo, or nil to scan it once the signature and headers pass.
-func parseForgejoScanned(h http.Header, body []byte, scanned *payload, secret config.Secret) (forge.PushEvent, error) {
+//
+// scanned is the scan of body for Forgejo, or nil to scan it once the
+// signature and headers pass.
+func parseForgejo(h http.Header, body []byte, scanned *payload, secret config.Secret) (forge.PushEvent, error) {
 	if err := verifyForgejo(h, body, secret); err != nil {
 		return forge.PushEvent{}, err
 	}

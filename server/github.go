@@ -99,13 +99,11 @@ func (g *githubPush) payload() *payload {
 //
 // A Forgejo delivery sent here parses too: Forgejo also sends the GitHub
 // headers and a sha256= signature, and the same payload fields.
-func parseGitHub(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error) {
-	return parseGitHubScanned(h, body, nil, secret)
-}
-
-// parseGitHubScanned is parseGitHub given scanned, the scan of body for
-// GitHub, or nil to scan it once the signature and headers pass.
-func parseGitHubScanned(h http.Header, body []byte, scanned *payload, secret config.Secret) (forge.PushEvent, error) {
+//
+// scanned is the scan of body for GitHub (scanPayload), made once however
+// many secrets are tried, or nil to scan it once the signature and headers
+// pass.
+func parseGitHub(h http.Header, body []byte, scanned *payload, secret config.Secret) (forge.PushEvent, error) {
 	if err := verifyGitHub(h, body, secret); err != nil {
 		return forge.PushEvent{}, err
 	}

@@ -60,7 +60,7 @@ func runParseCases(t *testing.T, parse parseFunc, tests []parseCase) {
 	t.Helper()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := parse(tc.header, tc.body, tc.secret)
+			got, err := parse(tc.header, tc.body, nil, tc.secret)
 			if err != nil && tc.secret.IsSet() && strings.Contains(err.Error(), tc.secret.Reveal()) {
 				t.Errorf("error %q contains the secret", err)
 			}
@@ -204,7 +204,7 @@ func FuzzParseGitHub(f *testing.F) {
 	}
 	f.Add("push", []byte(`{"ref":"refs/heads/main","after":"`+helloSHA+`","repository":{"full_name":"a/b"}}`))
 	f.Fuzz(func(t *testing.T, event string, body []byte) {
-		ev, err := parseGitHub(githubRequestHeader(event, body, githubSecret), body, githubSecret)
+		ev, err := parseGitHub(githubRequestHeader(event, body, githubSecret), body, nil, githubSecret)
 		checkFuzzResult(t, ev, err)
 	})
 }

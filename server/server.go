@@ -126,8 +126,8 @@ func (s *Server) routes(app *fiber.App) {
 	// A panic in a handler becomes an error, answered 500 and logged.
 	app.Use(recover.New())
 
-	app.Post("/hooks/github", s.hook(forge.GitHub, githubHeaderNames, githubHeaders, parseGitHubScanned))
-	forgejo := s.hook(forge.Forgejo, forgejoHeaderNames, forgejoHeaders, parseForgejoScanned)
+	app.Post("/hooks/github", s.hook(forge.GitHub, githubHeaderNames, githubHeaders, parseGitHub))
+	forgejo := s.hook(forge.Forgejo, forgejoHeaderNames, forgejoHeaders, parseForgejo)
 	app.Post("/hooks/forgejo", forgejo)
 	app.Post("/hooks/gitea", forgejo)
 
@@ -172,19 +172,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // forgejoHeaders).
 type headersFunc func(h http.Header) (event, deliveryID string, err error)
 
-// parseFunc turns a delivery into a push (parseGitHub, parseForgejo).
-type parseFunc func(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error)
-
-// scannedParseFunc is a parseFunc also given the scan of the body for its
-// forge (parseGitHubScanned, parseForgejoScanned), so that a delivery's body
-// is read once however many secrets are tried.
-type scannedParseFunc func(h http.Header, body []byte, scanned *payload, secret config.Secret) (forge.PushEvent, error)
+// parseFunc turns a delivery into a push (parseGitHub, parseForgejo), given
+// the scan of its body for the forge (or nil), so that a body is read once
+// however many secrets are tried.
+type parseFunc func(h http.Header, body []byte, scanned *payload, secret config.Secret) (forge.PushEvent, error)
 
 // hook returns the webhook handler of one forge. Every delivery is reported
 // to the delivery observer once, with its final status: here when the
 // handler answered it, in handleError when fiber answers an error instead (a
 // panic, or a delivery refused before any handler ran: too large, too slow).
-func (s *Server) hook(kind forge.Kind, headerNames []string, headers headersFunc, parse scannedParseFunc) fiber.Handler {
+func (s *Server) hook(kind forge.Kind, headerNames []string, headers headersFunc, parse parseFunc) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		err := s.handleHook(c, kind, headerNames, headers, parse)
 		if err == nil {
@@ -222,7 +219,7 @@ func hookKind(method, path string) (kind forge.Kind, ok bool) {
 // repository, verifies the signature with their secrets, and submits a
 // deploy for each target of the pushed branch. The deploy is stored before
 // the answer, and no work outlives the handler.
-func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headerNames []string, headers headersFunc, parse scannedParseFunc) error {
+func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headerNames []string, headers headersFunc, parse parseFunc) error {
 	start := s.now()
 	// The raw bytes, as signed: c.Body() would decode a Content-Encoding.
 	// fasthttp reuses the buffer once the handler returns, and nothing keeps
@@ -324,7 +321,7 @@ func (s *Server) targetsFor(kind forge.Kind, repo string) []config.Target {
 // secret verifies it. If none does, it returns the signature error. A
 // delivery that verifies but is ignored or malformed is so for every secret
 // that verifies it, so that error is returned at once.
-func parseFor(h http.Header, body []byte, scanned *payload, targets []config.Target, parse scannedParseFunc) (forge.PushEvent, []config.Target, error) {
+func parseFor(h http.Header, body []byte, scanned *payload, targets []config.Target, parse parseFunc) (forge.PushEvent, []config.Target, error) {
 	var (
 		ev       forge.PushEvent
 		verified []config.Target
