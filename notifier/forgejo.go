@@ -101,17 +101,13 @@ func (f *Forgejo) send(ctx context.Context, s forge.Status) error {
 // forgejoError turns what the SDK returned into nil, an *APIError, or the
 // network error it was.
 func forgejoError(resp *gitea.Response, err error, now time.Time) error {
-	if err == nil {
-		return nil
+	var answer *http.Response
+	if resp != nil {
+		answer = resp.Response
 	}
-	if resp == nil || resp.Response == nil {
-		return err // no answer: the network, or ctx
-	}
-	code := resp.StatusCode
-	if code >= 200 && code < 300 {
-		// The status is stored; an answer we cannot decode changes nothing,
-		// and posting again would only add a duplicate.
-		return nil
+	code, err := unsettled(answer, err)
+	if code == 0 {
+		return err
 	}
 	// The SDK's error is the answer's "message" when it had one; otherwise
 	// it is a dump of the request and body, which says no more than the code.

@@ -99,17 +99,13 @@ func (g *GitHub) send(ctx context.Context, s forge.Status) error {
 // gitHubError turns what go-github returned into nil, an *APIError, or the
 // network error it was.
 func gitHubError(resp *github.Response, err error, now time.Time) error {
-	if err == nil {
-		return nil
+	var answer *http.Response
+	if resp != nil {
+		answer = resp.Response
 	}
-	if resp == nil || resp.Response == nil {
-		return err // no answer: the network, or ctx
-	}
-	code := resp.StatusCode
-	if code >= 200 && code < 300 {
-		// The status is stored; an answer we cannot decode changes nothing,
-		// and posting again would only add a duplicate.
-		return nil
+	code, err := unsettled(answer, err)
+	if code == 0 {
+		return err
 	}
 	apiErr := &APIError{StatusCode: code, RetryAfter: retryAfter(resp.Header, now)}
 

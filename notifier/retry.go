@@ -129,3 +129,22 @@ func retryAfter(h http.Header, now time.Time) time.Duration {
 	}
 	return 0
 }
+
+// unsettled reads the error of a status post by a forge SDK, with the
+// forge's answer (nil if none came). It returns code 0 and the result
+// itself for what needs no more reading: nil for no error or a 2xx answer
+// (the status is stored; an answer the SDK could not decode changes
+// nothing, and posting again would only add a duplicate), err for no
+// answer (the network, or ctx). Otherwise it returns the answer's error
+// code and err, for the SDK's own reading into an *APIError.
+func unsettled(answer *http.Response, err error) (int, error) {
+	switch {
+	case err == nil:
+		return 0, nil
+	case answer == nil:
+		return 0, err
+	case answer.StatusCode >= 200 && answer.StatusCode < 300:
+		return 0, nil
+	}
+	return answer.StatusCode, err
+}
