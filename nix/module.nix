@@ -50,18 +50,25 @@ let
     { name, config, ... }:
     {
       options = {
+        # Required, but with a null default: a target without it gets
+        # environment.nix's assertion naming the option and what to set,
+        # not NixOS's generic "used but not defined" error.
         forge = mkOption {
-          type = types.enum [
-            "github"
-            "forgejo"
-            "gitea"
-          ];
-          description = "The forge hosting the repository; `gitea` is the same as `forgejo`.";
+          type = nullOr (
+            types.enum [
+              "github"
+              "forgejo"
+              "gitea"
+            ]
+          );
+          default = null;
+          description = "Required. The forge hosting the repository; `gitea` is the same as `forgejo`.";
         };
         repo = mkOption {
-          type = types.strMatching "[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+";
+          type = nullOr (types.strMatching "[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+");
+          default = null;
           example = "acme/web";
-          description = "The repository as `owner/name` on the forge.";
+          description = "Required. The repository as `owner/name` on the forge.";
         };
         forgeUrl = mkOption {
           type = nullOr types.str;
@@ -187,10 +194,11 @@ let
           description = "Limit for fetch and build together (seconds, or a Go duration). `null`: 30m.";
         };
         webhookSecretFile = mkOption {
-          type = secretFile;
+          type = nullOr secretFile;
+          default = null;
           example = "/run/secrets/flakeship-web-webhook";
           description = ''
-            File holding the webhook's HMAC secret. systemd reads it as root
+            Required. File holding the webhook's HMAC secret. systemd reads it as root
             (`LoadCredential=`) when flakeship starts, so it may be readable
             by root only.
           '';
