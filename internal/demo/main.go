@@ -5,6 +5,10 @@
 // unhealthy, and another good one — sends the signed webhook GitHub would
 // send for each, and prints each deploy as it moves through its states.
 //
+// It exits 1, saying why on stderr, when a step fails or a deploy does not
+// end as it says it will: deploy 1 succeeded, deploy 2 rolled back, deploy 3
+// succeeded, the service answering version 1, 1 and 3 after them.
+//
 // Run it through scripts/demo, which builds flakeship and provides a private
 // systemd user manager.
 package main
@@ -42,9 +46,45 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, *flakeship, *service, *keep); err != nil {
-		fmt.Fprintln(os.Stderr, "demo:", err)
+		report(os.Stderr, err)
 		os.Exit(1)
 	}
+}
+
+// report prints err to w, each of the problems it joins on a line of its
+// own, a deploy's wrong end followed by the last lines of its log.
+func report(w io.Writer, err error) {
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		fmt.Fprintln(w, "flakeship demo:", e)
+		var u *unexpectedEndError
+		if errors.As(e, &u) && len(u.log) > 0 {
+			fmt.Fprintf(w, "flakeship demo:   the last lines of its log:\n")
+			for _, l := range u.log {
+				fmt.Fprintln(w, "flakeship demo:   |", l)
+			}
+		}
+	}
+}
+
+// unexpectedEndError is a deploy that ended in another state than the demo
+// says it will.
+type unexpectedEndError struct {
+	id        int64
+	got, want string
+	reason    string   // the deploy's error, if it has one
+	log       []string // the last lines of its log: nix's, git's or systemd's own words
+}
+
+func (e *unexpectedEndError) Error() string {
+	msg := fmt.Sprintf("deploy %d ended %s, expected %s", e.id, e.got, e.want)
+	if e.reason != "" {
+		msg += ": " + e.reason
+	}
+	return msg
 }
 
 type demo struct {
@@ -77,7 +117,7 @@ func run(ctx context.Context, flakeship, service string, keep bool) error {
 	d := &demo{dir: dir, repo: filepath.Join(dir, "web"), secret: randomHex(16), unit: "flakeship-demo-web.service"}
 	if d.system, err = output(ctx, "", "nix", "--extra-experimental-features", "nix-command flakes",
 		"eval", "--impure", "--raw", "--expr", "builtins.currentSystem"); err != nil {
-		return err
+		return fmt.Errorf("ask nix for the current system: %w", err)
 	}
 	port, err := freePort()
 	if err != nil {
@@ -112,7 +152,15 @@ func run(ctx context.Context, flakeship, service string, keep bool) error {
 	}
 
 	step("flakeship, with its defaults: SQLite and git cache in %s", state)
-	env := append(os.Environ(),
+	// The user's own FLAKESHIP_* settings (the quick start's, say) stay out:
+	// the demo runs on the defaults and these alone.
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "FLAKESHIP_") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env,
 		"FLAKESHIP_LISTEN=127.0.0.1:0",
 		"FLAKESHIP_STATE_DIR="+state,
 		"FLAKESHIP_NIX_FLAGS=--extra-experimental-features 'nix-command flakes' --option substituters ''",
@@ -150,19 +198,32 @@ func run(ctx context.Context, flakeship, service string, keep bool) error {
 	}()
 	addr, err := listening(pr)
 	if err != nil {
-		return fmt.Errorf("%w (see %s)", err, logFile.Name())
+		if keep { // else the log is removed with the state dir
+			return fmt.Errorf("%w (see %s)", err, logFile.Name())
+		}
+		return err
 	}
 	go io.Copy(io.Discard, pr)
 	d.base = "http://" + addr
 	step("flakeship listens on %s", d.base)
 
-	for _, c := range []struct{ kind, what string }{
-		{"healthy", "a good commit"},
-		{"unhealthy", "a commit whose service answers 500"},
-		{"healthy", "another good commit"},
+	// What the demo says will happen, as the package comment and README do.
+	var problems []error
+	for _, c := range []struct{ kind, what, wantState, wantHealth string }{
+		{"healthy", "a good commit", "succeeded", "200 version=1"},
+		{"unhealthy", "a commit whose service answers 500", "rolled_back", "200 version=1"},
+		{"healthy", "another good commit", "succeeded", "200 version=3"},
 	} {
-		if err := d.pushAndWatch(ctx, c.kind, c.what); err != nil {
-			return err
+		end, err := d.pushAndWatch(ctx, c.kind, c.what)
+		if err != nil {
+			return errors.Join(append(problems, err)...)
+		}
+		if end.state != c.wantState {
+			problems = append(problems, &unexpectedEndError{id: end.id, got: end.state, want: c.wantState,
+				reason: end.err, log: logTail(filepath.Join(state, "logs", fmt.Sprintf("%d.log", end.id)), 10)})
+		}
+		if end.health != c.wantHealth {
+			problems = append(problems, fmt.Errorf("after deploy %d the service answers %s, expected %s", end.id, end.health, c.wantHealth))
 		}
 	}
 	fmt.Println()
@@ -170,12 +231,42 @@ func run(ctx context.Context, flakeship, service string, keep bool) error {
 	if keep {
 		step("kept %s", dir)
 	}
-	return nil
+	return errors.Join(problems...)
+}
+
+// ending is how a deploy ended and what the service answered then.
+type ending struct {
+	id     int64
+	state  string
+	err    string // the deploy's error
+	health string // "200 version=1", or "nothing (...)"
+}
+
+// stepHeaderRE is the line a deploy log starts each step with ("== build").
+var stepHeaderRE = regexp.MustCompile(`^== [a-z]+$`)
+
+// logTail is what a deploy's log at path says from its last step's start,
+// at most n lines of it, or nothing if the log cannot be read: it only adds
+// to an error that is reported anyway.
+func logTail(path string, n int) []string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	from := max(0, len(lines)-n)
+	for i := len(lines) - 1; i > from; i-- {
+		if stepHeaderRE.MatchString(lines[i]) {
+			from = i
+			break
+		}
+	}
+	return lines[from:]
 }
 
 // pushAndWatch commits a flake of the given kind, sends its signed push
 // delivery and prints the deploy's states until it ends.
-func (d *demo) pushAndWatch(ctx context.Context, kind, what string) error {
+func (d *demo) pushAndWatch(ctx context.Context, kind, what string) (ending, error) {
 	d.version++
 	healthy := "yes"
 	if kind == "unhealthy" {
@@ -194,19 +285,19 @@ func (d *demo) pushAndWatch(ctx context.Context, kind, what string) error {
 }
 `, d.system, d.version, healthy)
 	if err := os.WriteFile(filepath.Join(d.repo, "flake.nix"), []byte(flake), 0o644); err != nil {
-		return err
+		return ending{}, err
 	}
 	git := func(args ...string) (string, error) { return output(ctx, d.repo, "git", args...) }
 	if _, err := git("add", "flake.nix"); err != nil {
-		return err
+		return ending{}, err
 	}
 	msg := fmt.Sprintf("version %d: %s", d.version, what)
 	if _, err := git("-c", "user.name=Demo", "-c", "user.email=demo@flakeship.invalid", "commit", "--quiet", "-m", msg); err != nil {
-		return err
+		return ending{}, err
 	}
 	sha, err := git("rev-parse", "HEAD")
 	if err != nil {
-		return err
+		return ending{}, err
 	}
 	before := d.head
 	if before == "" {
@@ -232,7 +323,7 @@ func (d *demo) pushAndWatch(ctx context.Context, kind, what string) error {
 	req.Header.Set("X-Hub-Signature-256", "sha256="+hex.EncodeToString(mac.Sum(nil)))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("send webhook: %w", err)
+		return ending{}, fmt.Errorf("send webhook: %w", err)
 	}
 	answer, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -241,7 +332,7 @@ func (d *demo) pushAndWatch(ctx context.Context, kind, what string) error {
 		DeployID int64 `json:"deploy_id"`
 	}
 	if resp.StatusCode != http.StatusAccepted || json.Unmarshal(answer, &a) != nil {
-		return errors.New("the webhook was not accepted")
+		return ending{}, errors.New("the webhook was not accepted")
 	}
 
 	last := ""
@@ -258,7 +349,7 @@ func (d *demo) pushAndWatch(ctx context.Context, kind, what string) error {
 			} `json:"steps"`
 		}
 		if err := getJSON(ctx, fmt.Sprintf("%s/api/deploys/%d", d.base, a.DeployID), &dep); err != nil {
-			return err
+			return ending{}, err
 		}
 		if dep.State != last {
 			step("  deploy %d: %s", a.DeployID, dep.State)
@@ -276,16 +367,17 @@ func (d *demo) pushAndWatch(ctx context.Context, kind, what string) error {
 			if dep.Error != "" {
 				step("  error: %s", dep.Error)
 			}
-			step("  the service now answers: %s", d.health(ctx))
-			return nil
+			end := ending{id: a.DeployID, state: dep.State, err: dep.Error, health: d.health(ctx)}
+			step("  the service now answers: %s", end.health)
+			return end, nil
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return ending{}, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("deploy %d did not end within 2 minutes", a.DeployID)
+	return ending{}, fmt.Errorf("deploy %d did not end within 2 minutes", a.DeployID)
 }
 
 func (d *demo) health(ctx context.Context) string {
@@ -335,7 +427,11 @@ func output(ctx context.Context, dir, name string, args ...string) (string, erro
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return "", fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		err = fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			err = fmt.Errorf("%w: %s", err, msg)
+		}
+		return "", err
 	}
 	return strings.TrimSpace(string(out)), nil
 }
