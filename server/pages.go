@@ -829,7 +829,7 @@ func (s *Server) login(c *fiber.Ctx) error {
 	if !s.sameOrigin(c) {
 		return s.pageError(c, forbidden("this form was sent from another site"))
 	}
-	client := c.IP()
+	client := s.clientIP(c)
 	if wait := s.authFailures.retryAfter(client); wait > 0 {
 		// The same bound as the API's: wrong tokens from one address,
 		// through either door, count together.

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -75,6 +76,9 @@ type Server struct {
 	// the log streams that outlive their handler (api.go).
 	authFailures *failureLimiter
 	streams      *streams
+	// forwardedWarning is spent on the first X-Forwarded-For seen while
+	// no proxy is trusted (auth.go).
+	forwardedWarning sync.Once
 }
 
 // New builds the server and its routes. It does not listen: call Listen.
