@@ -48,6 +48,9 @@ type Options struct {
 	Config   *config.Config // required
 	Deployer Deployer       // required
 	Operator Operator       // the API and the pages; nil serves neither
+	// Sessions keeps the sessions of the pages' logins (sessions.go); nil
+	// turns logging in off.
+	Sessions deploy.SessionStore
 	// Metrics serves GET /metrics; nil serves none.
 	Metrics http.Handler
 	// Deliveries is told the answer to every webhook delivery; may be nil.
@@ -76,6 +79,12 @@ type Server struct {
 	// the log streams that outlive their handler (api.go).
 	authFailures *failureLimiter
 	streams      *streams
+	// sessions keeps the pages' sessions; adminPrint and readPrint are
+	// the fingerprints of the configured tokens (nil when unset), and
+	// secureCookie makes the session cookie Secure (sessions.go).
+	sessions              deploy.SessionStore
+	adminPrint, readPrint []byte
+	secureCookie          bool
 	// forwardedWarning is spent on the first X-Forwarded-For seen while
 	// no proxy is trusted (auth.go).
 	forwardedWarning sync.Once
@@ -93,6 +102,11 @@ func New(opts Options) *Server {
 		now:         opts.Now,
 		bodyLimit:   opts.Config.BodyLimit,
 		readTimeout: opts.ReadTimeout,
+		sessions:    opts.Sessions,
+		adminPrint:  fingerprint(opts.Config.AdminToken),
+		readPrint:   fingerprint(opts.Config.ReadToken),
+		// The scheme is case-insensitive; config keeps it as given.
+		secureCookie: strings.HasPrefix(strings.ToLower(opts.Config.PublicURL), "https://"),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
