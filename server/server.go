@@ -85,6 +85,8 @@ type Server struct {
 	sessions              deploy.SessionStore
 	adminPrint, readPrint []byte
 	secureCookie          bool
+	// hosts are the host names the pages and the API answer to (host.go).
+	hosts hostPolicy
 	// forwardedWarning is spent on the first X-Forwarded-For seen while
 	// no proxy is trusted (auth.go).
 	forwardedWarning sync.Once
@@ -105,6 +107,7 @@ func New(opts Options) *Server {
 		sessions:    opts.Sessions,
 		adminPrint:  fingerprint(opts.Config.AdminToken),
 		readPrint:   fingerprint(opts.Config.ReadToken),
+		hosts:       newHostPolicy(opts.Config),
 		// The scheme is case-insensitive; config keeps it as given.
 		secureCookie: strings.HasPrefix(strings.ToLower(opts.Config.PublicURL), "https://"),
 	}
@@ -143,6 +146,8 @@ func New(opts Options) *Server {
 func (s *Server) routes(app *fiber.App) {
 	// A panic in a handler becomes an error, answered 500 and logged.
 	app.Use(recover.New())
+	// Pages and API answer only to this server's own host names (host.go).
+	app.Use(s.checkHost)
 
 	app.Post("/hooks/github", s.hook(forge.GitHub, githubHeaderNames, githubHeaders, parseGitHub))
 	forgejo := s.hook(forge.Forgejo, forgejoHeaderNames, forgejoHeaders, parseForgejo)
