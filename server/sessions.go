@@ -427,9 +427,11 @@ func (s *Server) login(c *fiber.Ctx) error {
 	defer cancel()
 	// A session the browser had ends: the new one is not one an attacker
 	// could have planted before the login.
-	if old, err := s.checkedSession(c); err != nil {
+	old, err := s.checkedSession(c)
+	if err != nil {
 		return s.pageError(c, err)
-	} else if old.id != nil {
+	}
+	if old.id != nil {
 		if err := s.sessions.DeleteSession(ctx, sessionHash(old.id)); err != nil {
 			return s.pageError(c, fmt.Errorf("login: end the previous session: %w", err))
 		}
