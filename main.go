@@ -119,7 +119,7 @@ func run(ctx context.Context, environ []string, logOut io.Writer, ready chan<- n
 		return err
 	}
 	srv := server.New(server.Options{
-		Config: cfg, Deployer: queue, Operator: queue, Log: log,
+		Config: cfg, Deployer: queue, Operator: queue, Sessions: st, Log: log,
 		Metrics: mets.Handler(), Deliveries: mets,
 	})
 	serveErr := make(chan error, 1)

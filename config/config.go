@@ -5,6 +5,7 @@ package config
 
 import (
 	"log/slog"
+	"net/netip"
 	"time"
 )
 
@@ -21,7 +22,11 @@ type Config struct {
 	LogLevel    slog.Level // FLAKESHIP_LOG_LEVEL
 	LogFormat   string     // FLAKESHIP_LOG_FORMAT: "text" or "json"
 	BodyLimit   int        // FLAKESHIP_BODY_LIMIT: webhook body limit in bytes (default 25 MiB)
-	Targets     []Target   // FLAKESHIP_TARGETS, in the order listed
+	// TrustedProxies (FLAKESHIP_TRUSTED_PROXIES) are the reverse proxies
+	// whose X-Forwarded-For (and X-Forwarded-Host) the server believes;
+	// single addresses are /32 or /128 networks. None by default.
+	TrustedProxies []netip.Prefix
+	Targets        []Target // FLAKESHIP_TARGETS, in the order listed
 }
 
 // Activation modes of a target.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -74,6 +75,7 @@ type globalEnv struct {
 	LogLevel        string `env:"FLAKESHIP_LOG_LEVEL" envDefault:"info"`
 	LogFormat       string `env:"FLAKESHIP_LOG_FORMAT" envDefault:"text"`
 	BodyLimit       string `env:"FLAKESHIP_BODY_LIMIT" envDefault:"26214400"`
+	TrustedProxies  string `env:"FLAKESHIP_TRUSTED_PROXIES"`
 	Targets         string `env:"FLAKESHIP_TARGETS"`
 }
 
@@ -273,11 +275,49 @@ func globals(g *globalEnv, environ map[string]string) (*Config, []string, error)
 		return nil, nil, v.errorf(&g.BodyLimit, "want a number of bytes from 1 to %d, got %q", 1<<30, clip(g.BodyLimit))
 	}
 
+	if c.TrustedProxies, err = parseNetworks(g.TrustedProxies); err != nil {
+		return nil, nil, v.err(&g.TrustedProxies, err)
+	}
+
 	names, err := targetNames(g.Targets)
 	if err != nil {
 		return nil, nil, v.err(&g.Targets, err)
 	}
 	return c, names, nil
+}
+
+// parseNetworks reads a comma-separated list of IP addresses and CIDR
+// networks (FLAKESHIP_TRUSTED_PROXIES); an address is the network of that
+// address alone, and an IPv4 address written as IPv6 (::ffff:a.b.c.d) is
+// taken as IPv4, as the server sees its peers. An empty list is nil.
+func parseNetworks(list string) ([]netip.Prefix, error) {
+	if strings.TrimSpace(list) == "" {
+		return nil, nil
+	}
+	var nets []netip.Prefix
+	for _, item := range strings.Split(list, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			return nil, fmt.Errorf("empty entry in %q: want IP addresses or CIDR networks separated by commas", clip(list))
+		}
+		var p netip.Prefix
+		if strings.Contains(item, "/") {
+			parsed, err := netip.ParsePrefix(item)
+			if err != nil || parsed.Addr().Zone() != "" {
+				return nil, fmt.Errorf("want an IP address or a CIDR network like 10.0.0.0/8, got %q", clip(item))
+			}
+			p = parsed.Masked()
+		} else {
+			a, err := netip.ParseAddr(item)
+			if err != nil || a.Zone() != "" {
+				return nil, fmt.Errorf("want an IP address or a CIDR network like 10.0.0.0/8, got %q", clip(item))
+			}
+			a = a.Unmap()
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		nets = append(nets, p)
+	}
+	return nets, nil
 }
 
 // targetNames splits and checks FLAKESHIP_TARGETS.

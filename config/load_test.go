@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -142,6 +143,7 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				"FLAKESHIP_LOG_LEVEL", "DEBUG",
 				"FLAKESHIP_LOG_FORMAT", "JSON",
 				"FLAKESHIP_BODY_LIMIT", "1048576",
+				"FLAKESHIP_TRUSTED_PROXIES", "127.0.0.1, 10.1.2.3/8 ,::1,2001:db8::/32,::ffff:192.0.2.1",
 			),
 			edit: func(c *Config) {
 				c.Listen = "[::1]:9000"
@@ -154,6 +156,11 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				c.LogLevel = slog.LevelDebug
 				c.LogFormat = "json"
 				c.BodyLimit = 1048576
+				c.TrustedProxies = []netip.Prefix{
+					netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.0.0.0/8"),
+					netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("2001:db8::/32"),
+					netip.MustParsePrefix("192.0.2.1/32"),
+				}
 			},
 		},
 		{
@@ -202,6 +209,7 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				"FLAKESHIP_TARGET_APP_BRANCH", "",
 				"FLAKESHIP_TARGET_APP_HEALTH_URL", "",
 				"FLAKESHIP_TARGET_APP_TOKEN_FILE", "",
+				"FLAKESHIP_TRUSTED_PROXIES", " ",
 			),
 			edit: func(c *Config) {},
 		},
@@ -546,6 +554,14 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 			want: `FLAKESHIP_BODY_LIMIT: want a number of bytes from 1 to 1073741824, got "25MiB"`},
 		{name: "body limit too big", env: with("FLAKESHIP_BODY_LIMIT", "1073741825"),
 			want: `FLAKESHIP_BODY_LIMIT: want a number of bytes from 1 to 1073741824, got "1073741825"`},
+		{name: "trusted proxy by name", env: with("FLAKESHIP_TRUSTED_PROXIES", "proxy.example"),
+			want: `FLAKESHIP_TRUSTED_PROXIES: want an IP address or a CIDR network like 10.0.0.0/8, got "proxy.example"`},
+		{name: "trusted proxy network too wide", env: with("FLAKESHIP_TRUSTED_PROXIES", "127.0.0.1,10.0.0.0/33"),
+			want: `FLAKESHIP_TRUSTED_PROXIES: want an IP address or a CIDR network like 10.0.0.0/8, got "10.0.0.0/33"`},
+		{name: "trusted proxy with a zone", env: with("FLAKESHIP_TRUSTED_PROXIES", "fe80::1%eth0"),
+			want: `FLAKESHIP_TRUSTED_PROXIES: want an IP address or a CIDR network like 10.0.0.0/8, got "fe80::1%eth0"`},
+		{name: "trusted proxies with a trailing comma", env: with("FLAKESHIP_TRUSTED_PROXIES", "127.0.0.1,"),
+			want: `FLAKESHIP_TRUSTED_PROXIES: empty entry in "127.0.0.1,": want IP addresses or CIDR networks separated by commas`},
 		{name: "targets missing", env: with("FLAKESHIP_TARGETS", unset),
 			want: `FLAKESHIP_TARGETS: required: a comma-separated list of target names`},
 		{name: "targets only blanks", env: with("FLAKESHIP_TARGETS", "  "),

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -324,6 +325,7 @@ func TestNixModuleRendersWhatConfigLoads(t *testing.T) {
 				readTokenFile = "/run/keys/read";
 				logFormat = "json";
 				bodyLimit = 1048576;
+				trustedProxies = [ "127.0.0.1" "10.0.0.0/8" "::1" ];
 				nixFlags = [ ];
 				targets.app = {
 					forge = "gitea";
@@ -343,6 +345,10 @@ func TestNixModuleRendersWhatConfigLoads(t *testing.T) {
 					c.StateDir != "/srv/flakeship" || c.MaxParallel != 4 || c.LogFormat != "json" ||
 					c.BodyLimit != 1<<20 || c.NixFlags != nil || c.ReadToken != secretOf("/run/keys/read") {
 					t.Errorf("config %+v", c)
+				}
+				if want := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.0.0.0/8"),
+					netip.MustParsePrefix("::1/128")}; !slices.Equal(c.TrustedProxies, want) {
+					t.Errorf("trusted proxies %v, want %v", c.TrustedProxies, want)
 				}
 				a := c.Targets[0]
 				if a.Forge != "forgejo" || a.CloneURL != "file:///srv/git/app.git" || a.Activate != config.ActivateNone ||
@@ -455,6 +461,11 @@ func TestNixModuleRefusesBadSettings(t *testing.T) {
 			name:        "a tab in a nix flag",
 			settings:    `{ nixFlags = [ "--option" "a\tb" ]; targets.app = { ` + app + ` }; }`,
 			wantProblem: "services.flakeship.nixFlags: an argument has a control character",
+		},
+		{
+			name:        "a trusted proxy entry that would split into two",
+			settings:    `{ trustedProxies = [ "127.0.0.1" "10.0.0.1,10.0.0.2" ]; targets.app = { ` + app + ` }; }`,
+			wantProblem: `services.flakeship.trustedProxies: want an IP address or a CIDR network like "10.0.0.0/8", got "10.0.0.1,10.0.0.2"`,
 		},
 		{
 			name:        "a variable name systemd refuses",

@@ -296,6 +296,24 @@ let
     else
       [ ];
 
+  # FLAKESHIP_TRUSTED_PROXIES is a comma-separated list: an entry with a
+  # comma, a space or anything else that is no part of an address would
+  # change the list. flakeship itself checks the addresses.
+  trustedProxies = get cfg "trustedProxies";
+  trustedProxiesProblems =
+    if trustedProxies == null then
+      [ ]
+    else if !isList trustedProxies || any (p: !isString p) trustedProxies then
+      [ "${optionPath}.trustedProxies: want a list of strings, one IP address or CIDR network each" ]
+    else
+      concatMap (
+        p:
+        if match "[0-9A-Fa-f.:]+(/[0-9]+)?" p == null then
+          [ "${optionPath}.trustedProxies: want an IP address or a CIDR network like \"10.0.0.0/8\", got ${toJSON p}" ]
+        else
+          [ ]
+      ) trustedProxies;
+
   extra = get cfg "extraEnvironment";
   extraEnvironment = if isAttrs extra then extra else { };
   extraProblems =
@@ -329,6 +347,12 @@ let
     ++ variable "FLAKESHIP_LOG_LEVEL" (asString (get cfg "logLevel"))
     ++ variable "FLAKESHIP_LOG_FORMAT" (asString (get cfg "logFormat"))
     ++ variable "FLAKESHIP_BODY_LIMIT" (asString (get cfg "bodyLimit"))
+    ++ variable "FLAKESHIP_TRUSTED_PROXIES" (
+      if trustedProxiesProblems != [ ] || trustedProxies == null || trustedProxies == [ ] then
+        null
+      else
+        concatStringsSep "," trustedProxies
+    )
     ++ variable "FLAKESHIP_TARGETS" (if names == [ ] then null else concatStringsSep "," names)
     ++ admin.variables
     ++ read.variables;
@@ -368,6 +392,7 @@ in
     ++ concatMap targetProblems names
     ++ prefixProblems
     ++ nixFlagsProblems
+    ++ trustedProxiesProblems
     ++ extraProblems
     ++ secretProblems "${optionPath}.adminTokenFile" (get cfg "adminTokenFile")
     ++ secretProblems "${optionPath}.readTokenFile" (get cfg "readTokenFile")

@@ -377,6 +377,23 @@ in
       description = "Largest webhook body, in bytes. `null`: 25 MiB.";
     };
 
+    trustedProxies = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "127.0.0.1"
+        "::1"
+      ];
+      description = ''
+        The reverse proxies in front of flakeship, as IP addresses or CIDR
+        networks. A request from one of them is taken to come from the
+        client its `X-Forwarded-For` names (read from the right, past these
+        proxies), which wrong tokens are then counted against, and from the
+        host its `X-Forwarded-Host` names. `[ ]`: every client is the
+        address of its connection, and those headers are ignored.
+      '';
+    };
+
     extraEnvironment = mkOption {
       type = types.attrsOf types.str;
       default = { };

@@ -61,7 +61,7 @@ func (s *Server) deployTarget(c *fiber.Ctx) error {
 		return s.writeError(c, s.log.With("target", name), err)
 	}
 	s.log.Info("manual deploy queued", "target", name, "deploy_id", d.ID, "sha", short(d.SHA),
-		"ref", clip(req.Ref), "client", c.IP())
+		"ref", clip(req.Ref), "client", s.clientIP(c))
 	return c.Status(fiber.StatusAccepted).JSON(queuedAnswer(d))
 }
 
@@ -78,7 +78,7 @@ func (s *Server) rollbackTarget(c *fiber.Ctx) error {
 	if err != nil {
 		return s.writeError(c, s.log.With("target", name), err)
 	}
-	s.log.Info("rollback queued", "target", name, "deploy_id", d.ID, "sha", short(d.SHA), "client", c.IP())
+	s.log.Info("rollback queued", "target", name, "deploy_id", d.ID, "sha", short(d.SHA), "client", s.clientIP(c))
 	return c.Status(fiber.StatusAccepted).JSON(queuedAnswer(d))
 }
 
@@ -110,7 +110,7 @@ func (s *Server) cancelDeploy(c *fiber.Ctx) error {
 	case err != nil:
 		return s.writeError(c, s.log.With("deploy_id", id), err)
 	}
-	s.log.Info("deploy cancel requested", "deploy_id", id, "client", c.IP())
+	s.log.Info("deploy cancel requested", "deploy_id", id, "client", s.clientIP(c))
 	return c.Status(fiber.StatusAccepted).JSON(cancelAnswer{DeployID: id, Status: "cancelling"})
 }
 

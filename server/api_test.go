@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -60,6 +61,7 @@ type rigOptions struct {
 	// writeTimeout replaces the server's 10 s WriteTimeout when not 0.
 	writeTimeout time.Duration
 	now          func() time.Time
+	trusted      []netip.Prefix // FLAKESHIP_TRUSTED_PROXIES
 }
 
 func newAPIRig(t *testing.T, o rigOptions) *apiRig {
@@ -81,7 +83,7 @@ func newAPIRig(t *testing.T, o rigOptions) *apiRig {
 	cfg := &config.Config{
 		Listen: "127.0.0.1:0", PublicURL: apiPublicURL, StateDir: state,
 		AdminToken: o.admin, ReadToken: o.read, MaxParallel: 1,
-		Nix: "nix", NixFlags: testenv.NixFlags(), BodyLimit: 1 << 20,
+		Nix: "nix", NixFlags: testenv.NixFlags(), BodyLimit: 1 << 20, TrustedProxies: o.trusted,
 	}
 	for _, name := range []string{"app", "idle"} {
 		cfg.Targets = append(cfg.Targets, config.Target{
@@ -145,6 +147,7 @@ type apiRequest struct {
 	auth         string        // a whole Authorization header instead
 	body         string
 	from         string // the client's address, 127.0.0.1 when empty
+	forwardedFor string // an X-Forwarded-For header, when set
 }
 
 // do sends req and reads the whole answer.
@@ -159,6 +162,9 @@ func (r *apiRig) do(req apiRequest) apiAnswer {
 		hr.Header.Set("Authorization", req.auth)
 	case req.token != "":
 		hr.Header.Set("Authorization", "Bearer "+req.token.Reveal())
+	}
+	if req.forwardedFor != "" {
+		hr.Header.Set("X-Forwarded-For", req.forwardedFor)
 	}
 	resp, err := clientFrom(req.from).Do(hr)
 	if err != nil {

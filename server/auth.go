@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"math"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,8 +19,19 @@ import (
 // The bounds of failed token attempts: after maxAuthFailures wrong tokens
 // from one client within authWindow (counted from its first failure), every
 // request of that client that needs a token is answered 429 until the window
-// has passed. At most maxAuthClients clients are tracked; a new one pushes
-// out the one whose window began first.
+// has passed, even one with the right token. At most maxAuthClients clients
+// are tracked; a new one pushes out the one whose window began first.
+//
+// A client is the address clientIP finds: behind a trusted proxy the one
+// X-Forwarded-For names, so one client's guesses never lock out another.
+// The right token is refused too while its client is blocked: were it let
+// through, a blocked client would still learn from each answer whether its
+// guess was right (429 or not), at full speed, and the bound would protect
+// nothing. flakeship does not require long tokens, so the bound is what
+// stands between a short one and a guesser. A blocked operator waits for
+// the window (Retry-After), or restarts flakeship, which forgets the counts;
+// an operator already logged in to the pages is not held up, since a
+// session needs no token.
 const (
 	maxAuthFailures = 10
 	authWindow      = time.Minute
@@ -86,7 +98,7 @@ const (
 // before its token is looked at, a request without a token 401; judge
 // decides the rest.
 func (s *Server) checkToken(c *fiber.Ctx, what string, judge func(tok string) verdict) error {
-	client := c.IP()
+	client := s.clientIP(c)
 	if wait := s.authFailures.retryAfter(client); wait > 0 {
 		secs := int(math.Ceil(wait.Seconds()))
 		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(secs))
@@ -235,4 +247,86 @@ func clientKey(ip string) string {
 		return ip
 	}
 	return addr.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}
+
+// clientIP returns the address of the client a request comes from, which
+// wrong tokens are counted against and logs name. It is the connection's
+// peer, unless the peer is a trusted proxy (FLAKESHIP_TRUSTED_PROXIES):
+// then it is the client X-Forwarded-For names (realClient).
+func (s *Server) clientIP(c *fiber.Ctx) string {
+	peer := peerAddr(c)
+	forwarded := c.Request().Header.PeekAll(fiber.HeaderXForwardedFor)
+	if len(s.cfg.TrustedProxies) == 0 {
+		if len(forwarded) > 0 {
+			s.forwardedWarning.Do(func() {
+				s.log.Warn("requests carry X-Forwarded-For, but no proxy is trusted (FLAKESHIP_TRUSTED_PROXIES): "+
+					"wrong tokens count against the proxy's address, which every client behind it shares", "peer", peer.String())
+			})
+		}
+		return peer.String()
+	}
+	values := make([]string, len(forwarded))
+	for i, v := range forwarded {
+		values[i] = string(v)
+	}
+	return realClient(peer, values, s.trusted).String()
+}
+
+// peerAddr is the address of the connection's other end.
+func peerAddr(c *fiber.Ctx) netip.Addr {
+	a, _ := netip.AddrFromSlice(c.Context().RemoteIP())
+	return a.Unmap()
+}
+
+// trusted reports whether a is a trusted proxy.
+func (s *Server) trusted(a netip.Addr) bool {
+	for _, p := range s.cfg.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// realClient returns the client a request from peer comes from, given the
+// values of its X-Forwarded-For headers (in order). Each proxy appends the
+// address it was connected from, so the header is read from the right:
+// past the addresses of trusted proxies, the first other address is the
+// client; what lies left of it, anyone may have written. When peer is not
+// trusted, the header is not read: anyone may send one. When every address
+// is trusted, the leftmost is the client; an entry that is not an address
+// stops the walk at the last address read.
+func realClient(peer netip.Addr, forwarded []string, trusted func(netip.Addr) bool) netip.Addr {
+	if !trusted(peer) {
+		return peer
+	}
+	client := peer
+	for i := len(forwarded) - 1; i >= 0; i-- {
+		entries := strings.Split(forwarded[i], ",")
+		for j := len(entries) - 1; j >= 0; j-- {
+			a, ok := forwardedAddr(strings.TrimSpace(entries[j]))
+			if !ok {
+				return client
+			}
+			client = a
+			if !trusted(a) {
+				return a
+			}
+		}
+	}
+	return client
+}
+
+// forwardedAddr reads one X-Forwarded-For entry: an IP address, or one
+// with a port as some proxies write it ("192.0.2.1:4711", "[2001:db8::1]:4711").
+func forwardedAddr(entry string) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(entry)
+	if err != nil {
+		ap, perr := netip.ParseAddrPort(entry)
+		if perr != nil {
+			return netip.Addr{}, false
+		}
+		a = ap.Addr()
+	}
+	return a.Unmap().WithZone(""), true
 }

@@ -63,6 +63,10 @@ func tooManyRequests(format string, args ...any) error {
 	return &requestError{http.StatusTooManyRequests, fmt.Sprintf(format, args...)}
 }
 
+// misdirected refuses a request for a host this server does not answer to
+// (421 Misdirected Request).
+func misdirected(msg string) error { return &requestError{http.StatusMisdirectedRequest, msg} }
+
 // ignored returns an *IgnoredError with the given reason.
 func ignored(format string, args ...any) error {
 	return &IgnoredError{Reason: fmt.Sprintf(format, args...)}

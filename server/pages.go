@@ -4,19 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"embed"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"html/template"
 	"io/fs"
-	"math"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,17 +20,16 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/filesystem"
 
-	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
 )
 
 // The HTML pages: / lists the targets and recent deploys, /deploys/{id}
 // shows one deploy with its log, live over Server-Sent Events from
 // /deploys/{id}/events while it runs. An operator who logged in with the
-// admin token at /login gets redeploy, rollback and cancel buttons; those
-// forms carry a CSRF token. With a read token configured, every page needs a
-// session. Everything is rendered with html/template: log lines and commit
-// messages are untrusted.
+// admin token at /login (sessions.go) gets redeploy, rollback and cancel
+// buttons; those forms carry a CSRF token. With a read token configured,
+// every page needs a session. Everything is rendered with html/template:
+// log lines and commit messages are untrusted.
 
 //go:embed templates/*.html
 var templateFS embed.FS
@@ -48,10 +42,6 @@ var staticFS embed.FS
 var pageTemplates = parsePages("index.html", "deploy.html", "login.html", "error.html")
 
 const (
-	// sessionCookie holds a value derived from a token, never the token.
-	sessionCookie = "flakeship_session"
-	// csrfField is the form field of the CSRF token.
-	csrfField = "csrf"
 	// recentDeploys is how many deploys the index page lists.
 	recentDeploys = 50
 	// pageLogLimit is how much of a log the deploy page renders: the end of
@@ -99,123 +89,6 @@ func (s *Server) pageRoutes(app *fiber.App) {
 	app.Post("/deploys/:id/redeploy", s.pageRedeploy)
 	app.Post("/deploys/:id/cancel", s.pageCancel)
 	app.Post("/targets/:name/rollback", s.pageRollback)
-}
-
-// session is what a request's session cookie allows.
-type session struct {
-	value string // the cookie's value; "" without a valid session
-	admin bool   // logged in with the admin token: may act
-	read  bool   // logged in with either token: may read
-}
-
-// Session values are HMAC-SHA256 of a fixed label keyed with the token: the
-// cookie proves the token was presented without holding it, and changing
-// the token ends every session.
-const (
-	adminSessionLabel = "flakeship-session"
-	readSessionLabel  = "flakeship-read-session"
-)
-
-// mac returns the hex HMAC-SHA256 of msg under key.
-func mac(key config.Secret, msg string) string {
-	m := hmac.New(sha256.New, []byte(key.Reveal()))
-	m.Write([]byte(msg))
-	return hex.EncodeToString(m.Sum(nil))
-}
-
-// sessionOf checks the request's session cookie in constant time.
-func (s *Server) sessionOf(c *fiber.Ctx) session {
-	got := []byte(c.Cookies(sessionCookie))
-	if len(got) == 0 {
-		return session{}
-	}
-	if s.cfg.AdminToken.IsSet() && hmac.Equal(got, []byte(mac(s.cfg.AdminToken, adminSessionLabel))) {
-		return session{value: string(got), admin: true, read: true}
-	}
-	if s.cfg.ReadToken.IsSet() && hmac.Equal(got, []byte(mac(s.cfg.ReadToken, readSessionLabel))) {
-		return session{value: string(got), read: true}
-	}
-	return session{}
-}
-
-// canRead reports whether sess may read the pages: always when no read
-// token is configured.
-func (s *Server) canRead(sess session) bool {
-	return sess.read || !s.cfg.ReadToken.IsSet()
-}
-
-// csrfToken is the CSRF token of sess's forms, keyed with the token the
-// session was made from; "" without a session.
-func (s *Server) csrfToken(sess session) string {
-	switch {
-	case sess.admin:
-		return mac(s.cfg.AdminToken, "csrf|"+sess.value)
-	case sess.read:
-		return mac(s.cfg.ReadToken, "csrf|"+sess.value)
-	}
-	return ""
-}
-
-// checkForm refuses a POST form that came from another site: its Origin (or
-// Referer) names another host, or its CSRF token is not sess's.
-func (s *Server) checkForm(c *fiber.Ctx, sess session) error {
-	if !s.sameOrigin(c) {
-		return forbidden("this form was sent from another site")
-	}
-	want := s.csrfToken(sess)
-	if want == "" || !hmac.Equal([]byte(c.FormValue(csrfField)), []byte(want)) {
-		return forbidden("the form's CSRF token is missing or out of date: reload the page and try again")
-	}
-	return nil
-}
-
-// sameOrigin reports whether the request's Origin header, or its Referer
-// when it has no Origin, names this server: the host the request was sent
-// to, or the public URL's. A request with neither header passes; the CSRF
-// token still guards it.
-func (s *Server) sameOrigin(c *fiber.Ctx) bool {
-	for _, h := range []string{fiber.HeaderOrigin, fiber.HeaderReferer} {
-		v := c.Get(h)
-		if v == "" {
-			continue
-		}
-		u, err := url.Parse(v)
-		if err != nil || u.Host == "" {
-			return false // includes "Origin: null"
-		}
-		if strings.EqualFold(u.Host, string(c.Request().Host())) {
-			return true
-		}
-		pub, err := url.Parse(s.cfg.PublicURL)
-		return err == nil && pub.Host != "" && strings.EqualFold(u.Host, pub.Host)
-	}
-	return true
-}
-
-// setSession sets (or, with value "", clears) the session cookie: HttpOnly,
-// SameSite=Strict, Path=/, and Secure when the public URL is https.
-func (s *Server) setSession(c *fiber.Ctx, value string) {
-	ck := &fiber.Cookie{
-		Name:     sessionCookie,
-		Value:    value,
-		Path:     "/",
-		HTTPOnly: true,
-		SameSite: fiber.CookieSameSiteStrictMode,
-		Secure:   strings.HasPrefix(strings.ToLower(s.cfg.PublicURL), "https://"),
-	}
-	if value == "" {
-		ck.Expires = time.Unix(0, 0)
-	}
-	c.Cookie(ck)
-}
-
-// requirePageRead sends a request without the session a read token asks
-// for to the login page.
-func (s *Server) requirePageRead(c *fiber.Ctx) error {
-	if s.canRead(s.sessionOf(c)) {
-		return c.Next()
-	}
-	return c.Redirect("/login?next="+url.QueryEscape(c.OriginalURL()), http.StatusSeeOther)
 }
 
 // basePage is what the layout of every page needs.
@@ -792,105 +665,6 @@ func (e *sseStream) finish(state deploy.State) error {
 		return err
 	}
 	return e.out.Flush()
-}
-
-// loginPage is the body of login.html.
-type loginPage struct {
-	Enabled      bool // some token is configured
-	AdminEnabled bool
-	ReadEnabled  bool
-	Next         string
-	Error        string
-}
-
-func (s *Server) loginBody(next, msg string) loginPage {
-	return loginPage{
-		Enabled:      s.cfg.AdminToken.IsSet() || s.cfg.ReadToken.IsSet(),
-		AdminEnabled: s.cfg.AdminToken.IsSet(),
-		ReadEnabled:  s.cfg.ReadToken.IsSet(),
-		Next:         safeNext(next),
-		Error:        msg,
-	}
-}
-
-// loginPage answers GET /login with the token form.
-func (s *Server) loginPage(c *fiber.Ctx) error {
-	return s.render(c, http.StatusOK, "login.html", s.base(c, s.sessionOf(c), "Log in"), s.loginBody(c.Query("next"), ""))
-}
-
-// login answers POST /login: the admin token makes an operator session,
-// the read token a reading one. The token is compared in constant time and
-// the cookie holds a value derived from it.
-func (s *Server) login(c *fiber.Ctx) error {
-	next := safeNext(c.FormValue("next"))
-	if !s.cfg.AdminToken.IsSet() && !s.cfg.ReadToken.IsSet() {
-		return s.render(c, http.StatusForbidden, "login.html", s.base(c, session{}, "Log in"), s.loginBody(next, ""))
-	}
-	if !s.sameOrigin(c) {
-		return s.pageError(c, forbidden("this form was sent from another site"))
-	}
-	client := c.IP()
-	if wait := s.authFailures.retryAfter(client); wait > 0 {
-		// The same bound as the API's: wrong tokens from one address,
-		// through either door, count together.
-		secs := int(math.Ceil(wait.Seconds()))
-		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(secs))
-		return s.render(c, http.StatusTooManyRequests, "login.html", s.base(c, s.sessionOf(c), "Log in"),
-			s.loginBody(next, fmt.Sprintf("Too many wrong tokens from this address: try again in %ds.", secs)))
-	}
-	tok := c.FormValue("token")
-	var value, role string
-	switch {
-	case tokenEqual(tok, s.cfg.AdminToken):
-		value, role = mac(s.cfg.AdminToken, adminSessionLabel), "admin"
-	case tokenEqual(tok, s.cfg.ReadToken):
-		value, role = mac(s.cfg.ReadToken, readSessionLabel), "read"
-	default:
-		s.authFailures.fail(client)
-		s.log.Warn("wrong token", "client", client, "method", c.Method(), "path", c.Path())
-		return s.render(c, http.StatusUnauthorized, "login.html", s.base(c, s.sessionOf(c), "Log in"),
-			s.loginBody(next, "That token is not right."))
-	}
-	s.setSession(c, value)
-	s.log.Info("page login", "role", role, "client", client)
-	return c.Redirect(next, http.StatusSeeOther)
-}
-
-// logout answers POST /logout: it clears the session cookie.
-func (s *Server) logout(c *fiber.Ctx) error {
-	if sess := s.sessionOf(c); sess.read {
-		if err := s.checkForm(c, sess); err != nil {
-			return s.pageError(c, err)
-		}
-	}
-	s.setSession(c, "")
-	return c.Redirect("/", http.StatusSeeOther)
-}
-
-// safeNext returns next if it is a path on this server, else "/".
-func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
-		return "/"
-	}
-	u, err := url.Parse(next)
-	if err != nil || u.Host != "" || u.Scheme != "" {
-		return "/"
-	}
-	return strings.Clone(next)
-}
-
-// operatorForm checks that a POST comes from an operator's page: write
-// actions are enabled, the session is an admin one, and the form is not
-// forged.
-func (s *Server) operatorForm(c *fiber.Ctx) error {
-	if !s.cfg.AdminToken.IsSet() {
-		return forbidden("the write actions are disabled: no admin token is configured")
-	}
-	sess := s.sessionOf(c)
-	if !sess.admin {
-		return forbidden("log in with the admin token first")
-	}
-	return s.checkForm(c, sess)
 }
 
 // pageRedeploy answers POST /deploys/{id}/redeploy: a manual deploy of the

@@ -3,11 +3,13 @@ package server
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"regexp"
@@ -23,6 +25,7 @@ import (
 	"github.com/flakeship/flakeship/internal/gittest"
 	"github.com/flakeship/flakeship/internal/queuetest"
 	"github.com/flakeship/flakeship/internal/testenv"
+	"github.com/flakeship/flakeship/store"
 )
 
 // The page tests run a real deploy queue of one build-only target
@@ -35,6 +38,9 @@ const (
 	// pageDeadline bounds waits for a deploy or a stream; never a speed
 	// goal.
 	pageDeadline = 60 * time.Second
+	// pageCookie is the session cookie's name: the rig's public URL is
+	// https, so it is Secure and has the __Host- prefix.
+	pageCookie = "__Host-flakeship_session"
 )
 
 // pageRigOptions configure newPageRig.
@@ -42,13 +48,22 @@ type pageRigOptions struct {
 	admin, read config.Secret
 	// writeTimeout, if not zero, replaces the server's 10 s WriteTimeout.
 	writeTimeout time.Duration
+	// now, if not nil, is the server's clock.
+	now func() time.Time
+	// trusted are the trusted proxies (FLAKESHIP_TRUSTED_PROXIES).
+	trusted []netip.Prefix
+	// metrics, if not nil, serves /metrics.
+	metrics http.Handler
 }
 
 // pageRig is a running Server over a real deploy queue.
 type pageRig struct {
 	t      *testing.T
+	opts   pageRigOptions
 	cfg    *config.Config
 	queue  *deploy.Queue
+	store  *store.Store
+	log    *slog.Logger
 	repo   *gittest.Repo
 	srv    *Server
 	url    string
@@ -70,19 +85,21 @@ func newPageRig(t *testing.T, o pageRigOptions) *pageRig {
 	gs := gittest.NewServer(t)
 	r := &pageRig{
 		t:      t,
+		opts:   o,
 		repo:   gs.NewRepo(t, "app"),
 		logs:   &testenv.Buffer{},
 		system: testenv.System(t),
 		nonce:  fmt.Sprintf("%x", time.Now().UnixNano()),
 	}
 	r.cfg = &config.Config{
-		StateDir:    state,
-		PublicURL:   "https://deploy.example.test",
-		AdminToken:  o.admin,
-		ReadToken:   o.read,
-		MaxParallel: 1,
-		Nix:         "nix",
-		NixFlags:    testenv.NixFlags(),
+		StateDir:       state,
+		PublicURL:      "https://deploy.example.test",
+		AdminToken:     o.admin,
+		ReadToken:      o.read,
+		MaxParallel:    1,
+		Nix:            "nix",
+		NixFlags:       testenv.NixFlags(),
+		TrustedProxies: o.trusted,
 		Targets: []config.Target{{
 			Name: "app", Forge: "github", Repo: "acme/app", CloneURL: gs.URL("app"),
 			Branch: "main", Attr: "packages." + r.system + ".default", Activate: config.ActivateNone,
@@ -90,21 +107,9 @@ func newPageRig(t *testing.T, o pageRigOptions) *pageRig {
 			BuildTimeout: time.Minute, WebhookSecret: "hook-secret", StatusContext: "flakeship/app",
 		}},
 	}
-	log := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	_, q := queuetest.Start(t, r.cfg, log, queuetest.Options{Grace: pageDeadline})
-	r.queue = q
-
-	r.srv = New(Options{Config: r.cfg, Deployer: q, Operator: q, Log: log})
-	if o.writeTimeout > 0 {
-		r.srv.app.Server().WriteTimeout = o.writeTimeout
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.served = make(chan error, 1)
-	go func() { r.served <- r.srv.Listen(ln) }()
-	r.url = "http://" + ln.Addr().String()
+	r.log = slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r.store, r.queue = queuetest.Start(t, r.cfg, r.log, queuetest.Options{Grace: pageDeadline})
+	r.serve(r.cfg)
 	transport := &http.Transport{}
 	r.client = &http.Client{
 		Transport: transport,
@@ -118,6 +123,38 @@ func newPageRig(t *testing.T, o pageRigOptions) *pageRig {
 		}
 	})
 	return r
+}
+
+// serve starts a Server with cfg over the rig's queue and store on
+// 127.0.0.1.
+func (r *pageRig) serve(cfg *config.Config) {
+	r.t.Helper()
+	r.srv = New(Options{Config: cfg, Deployer: r.queue, Operator: r.queue, Sessions: r.store, Log: r.log,
+		Now: r.opts.now, Metrics: r.opts.metrics})
+	if r.opts.writeTimeout > 0 {
+		r.srv.app.Server().WriteTimeout = r.opts.writeTimeout
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.served = make(chan error, 1)
+	go func() { r.served <- r.srv.Listen(ln) }()
+	r.url = "http://" + ln.Addr().String()
+}
+
+// restart stops the server and starts a new one over the same queue and
+// store, with the rig's configuration changed by edit, as a restart of
+// flakeship with another environment would.
+func (r *pageRig) restart(edit func(cfg *config.Config)) {
+	r.t.Helper()
+	if err := r.stop(); err != nil {
+		r.t.Fatalf("stop before the restart: %v", err)
+	}
+	cfg := *r.cfg
+	edit(&cfg)
+	r.stopOnce, r.stopErr = sync.Once{}, nil
+	r.serve(&cfg)
 }
 
 // stop shuts the server down and waits for Listen to return; later calls
@@ -233,7 +270,7 @@ func (r *pageRig) do(method, path, cookie string, form url.Values, h map[string]
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
 	if cookie != "" {
-		req.AddCookie(&http.Cookie{Name: sessionCookie, Value: cookie})
+		req.AddCookie(&http.Cookie{Name: pageCookie, Value: cookie})
 	}
 	for k, v := range h {
 		req.Header.Set(k, v)
@@ -269,11 +306,11 @@ func (r *pageRig) login(token config.Secret) string {
 func sessionFrom(t *testing.T, a answer) string {
 	t.Helper()
 	for _, c := range (&http.Response{Header: a.header}).Cookies() {
-		if c.Name == sessionCookie {
+		if c.Name == pageCookie {
 			return c.Value
 		}
 	}
-	t.Fatalf("no %s cookie set; headers %v", sessionCookie, a.header)
+	t.Fatalf("no %s cookie set; headers %v", pageCookie, a.header)
 	return ""
 }
 
@@ -639,7 +676,7 @@ func TestSSEStreamEndsWhenTheServerShutsDown(t *testing.T) {
 	}
 }
 
-func TestLoginSetsASessionDerivedFromTheToken(t *testing.T) {
+func TestLoginSetsARandomSessionCookie(t *testing.T) {
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, read: pageReadToken})
 	tests := []struct {
 		name     string
@@ -647,17 +684,18 @@ func TestLoginSetsASessionDerivedFromTheToken(t *testing.T) {
 		origin   string
 		status   int
 		location string
-		session  string // "admin", "read", or "" for no cookie
+		session  bool
 	}{
-		{"the admin token", url.Values{"token": {pageAdminToken.Reveal()}, "next": {"/deploys/1"}}, "", 303, "/deploys/1", "admin"},
-		{"the read token", url.Values{"token": {pageReadToken.Reveal()}}, "", 303, "/", "read"},
-		{"the admin token from this site", url.Values{"token": {pageAdminToken.Reveal()}}, r.url, 303, "/", "admin"},
-		{"a next that leaves the site", url.Values{"token": {pageAdminToken.Reveal()}, "next": {"//evil.example/x"}}, "", 303, "/", "admin"},
-		{"a wrong token", url.Values{"token": {"admin-token-pages-5d1f"}}, "", 401, "", ""},
-		{"a prefix of the token", url.Values{"token": {pageAdminToken.Reveal()[:10]}}, "", 401, "", ""},
-		{"no token", url.Values{}, "", 401, "", ""},
-		{"the admin token from another site", url.Values{"token": {pageAdminToken.Reveal()}}, "https://evil.example", 403, "", ""},
+		{"the admin token", url.Values{"token": {pageAdminToken.Reveal()}, "next": {"/deploys/1"}}, "", 303, "/deploys/1", true},
+		{"the read token", url.Values{"token": {pageReadToken.Reveal()}}, "", 303, "/", true},
+		{"the admin token from this site", url.Values{"token": {pageAdminToken.Reveal()}}, r.url, 303, "/", true},
+		{"a next that leaves the site", url.Values{"token": {pageAdminToken.Reveal()}, "next": {"//evil.example/x"}}, "", 303, "/", true},
+		{"a wrong token", url.Values{"token": {"admin-token-pages-5d1f"}}, "", 401, "", false},
+		{"a prefix of the token", url.Values{"token": {pageAdminToken.Reveal()[:10]}}, "", 401, "", false},
+		{"no token", url.Values{}, "", 401, "", false},
+		{"the admin token from another site", url.Values{"token": {pageAdminToken.Reveal()}}, "https://evil.example", 403, "", false},
 	}
+	seen := map[string]bool{}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			h := map[string]string{}
@@ -672,22 +710,30 @@ func TestLoginSetsASessionDerivedFromTheToken(t *testing.T) {
 				t.Errorf("Location %q, want %q", loc, tc.location)
 			}
 			setCookie := strings.Join(a.header.Values("Set-Cookie"), "\n")
-			if tc.session == "" {
+			if !tc.session {
 				if setCookie != "" {
 					t.Errorf("a refused login set %q", setCookie)
 				}
 				return
 			}
+			// 32 random bytes, URL-safe base64 without padding: 43
+			// characters, new at every login.
 			value := sessionFrom(t, a)
-			want := map[string]string{"admin": mac(pageAdminToken, "flakeship-session"),
-				"read": mac(pageReadToken, "flakeship-read-session")}[tc.session]
-			if value != want {
-				t.Errorf("session %q, want HMAC-SHA256 of the label under the %s token", value, tc.session)
+			id, err := base64.RawURLEncoding.DecodeString(value)
+			if err != nil || len(id) != 32 || len(value) != 43 {
+				t.Errorf("session cookie %q: want 32 bytes in base64url (%d bytes, %v)", value, len(id), err)
 			}
-			for _, attr := range []string{"HttpOnly", "SameSite=Strict", "Secure", "path=/"} {
+			if seen[value] {
+				t.Errorf("session cookie %q was given before", value)
+			}
+			seen[value] = true
+			for _, attr := range []string{pageCookie + "=", "HttpOnly", "SameSite=Strict", "Secure", "path=/"} {
 				if !strings.Contains(strings.ToLower(setCookie), strings.ToLower(attr)) {
 					t.Errorf("Set-Cookie %q lacks %s", setCookie, attr)
 				}
+			}
+			if strings.Contains(strings.ToLower(setCookie), "domain=") {
+				t.Errorf("Set-Cookie %q has a Domain, which a __Host- cookie may not", setCookie)
 			}
 			for _, secret := range []config.Secret{pageAdminToken, pageReadToken} {
 				if strings.Contains(setCookie, secret.Reveal()) {
@@ -726,7 +772,7 @@ func TestLoginThenLogoutClearsTheSession(t *testing.T) {
 		t.Errorf("logout without the CSRF token: %d, want 403", a.status)
 	}
 	a := r.do(http.MethodPost, "/logout", cookie, url.Values{"csrf": {csrfOf(t, page.body)}}, nil)
-	if a.status != http.StatusSeeOther || !strings.Contains(a.header.Get("Set-Cookie"), sessionCookie+"=;") ||
+	if a.status != http.StatusSeeOther || !strings.Contains(a.header.Get("Set-Cookie"), pageCookie+"=;") ||
 		!strings.Contains(a.header.Get("Set-Cookie"), "expires=") {
 		t.Errorf("logout: %d, Set-Cookie %q, want 303 clearing the cookie", a.status, a.header.Get("Set-Cookie"))
 	}

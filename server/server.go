@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -47,6 +48,9 @@ type Options struct {
 	Config   *config.Config // required
 	Deployer Deployer       // required
 	Operator Operator       // the API and the pages; nil serves neither
+	// Sessions keeps the sessions of the pages' logins (sessions.go); nil
+	// turns logging in off.
+	Sessions deploy.SessionStore
 	// Metrics serves GET /metrics; nil serves none.
 	Metrics http.Handler
 	// Deliveries is told the answer to every webhook delivery; may be nil.
@@ -75,6 +79,17 @@ type Server struct {
 	// the log streams that outlive their handler (api.go).
 	authFailures *failureLimiter
 	streams      *streams
+	// sessions keeps the pages' sessions; adminPrint and readPrint are
+	// the fingerprints of the configured tokens (nil when unset), and
+	// secureCookie makes the session cookie Secure (sessions.go).
+	sessions              deploy.SessionStore
+	adminPrint, readPrint []byte
+	secureCookie          bool
+	// hosts are the host names the pages and the API answer to (host.go).
+	hosts hostPolicy
+	// forwardedWarning is spent on the first X-Forwarded-For seen while
+	// no proxy is trusted (auth.go).
+	forwardedWarning sync.Once
 }
 
 // New builds the server and its routes. It does not listen: call Listen.
@@ -89,6 +104,12 @@ func New(opts Options) *Server {
 		now:         opts.Now,
 		bodyLimit:   opts.Config.BodyLimit,
 		readTimeout: opts.ReadTimeout,
+		sessions:    opts.Sessions,
+		adminPrint:  fingerprint(opts.Config.AdminToken),
+		readPrint:   fingerprint(opts.Config.ReadToken),
+		hosts:       newHostPolicy(opts.Config),
+		// The scheme is case-insensitive; config keeps it as given.
+		secureCookie: strings.HasPrefix(strings.ToLower(opts.Config.PublicURL), "https://"),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -125,6 +146,8 @@ func New(opts Options) *Server {
 func (s *Server) routes(app *fiber.App) {
 	// A panic in a handler becomes an error, answered 500 and logged.
 	app.Use(recover.New())
+	// Pages and API answer only to this server's own host names (host.go).
+	app.Use(s.checkHost)
 
 	app.Post("/hooks/github", s.hook(forge.GitHub, githubHeaderNames, githubHeaders, parseGitHub))
 	forgejo := s.hook(forge.Forgejo, forgejoHeaderNames, forgejoHeaders, parseForgejo)

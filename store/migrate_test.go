@@ -66,7 +66,7 @@ func TestMigrateBringsAnEmptyDatabaseToTheNewestVersion(t *testing.T) {
 		}
 		tables = append(tables, name)
 	}
-	if want := []string{"deliveries", "deploys"}; !reflect.DeepEqual(tables, want) {
+	if want := []string{"deliveries", "deploys", "sessions"}; !reflect.DeepEqual(tables, want) {
 		t.Errorf("tables = %v, want %v", tables, want)
 	}
 
