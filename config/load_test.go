@@ -66,6 +66,8 @@ func minimalConfig() *Config {
 		LogLevel:    slog.LevelInfo,
 		LogFormat:   "text",
 		BodyLimit:   26214400,
+		KeepDeploys: 100,
+		KeepFor:     30 * 24 * time.Hour,
 		Targets:     []Target{appTarget()},
 	}
 }
@@ -142,6 +144,8 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				"FLAKESHIP_LOG_LEVEL", "DEBUG",
 				"FLAKESHIP_LOG_FORMAT", "JSON",
 				"FLAKESHIP_BODY_LIMIT", "1048576",
+				"FLAKESHIP_KEEP_DEPLOYS", "0",
+				"FLAKESHIP_KEEP_FOR", "365d",
 			),
 			edit: func(c *Config) {
 				c.Listen = "[::1]:9000"
@@ -154,6 +158,8 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				c.LogLevel = slog.LevelDebug
 				c.LogFormat = "json"
 				c.BodyLimit = 1048576
+				c.KeepDeploys = 0
+				c.KeepFor = 365 * 24 * time.Hour
 			},
 		},
 		{
@@ -202,8 +208,15 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				"FLAKESHIP_TARGET_APP_BRANCH", "",
 				"FLAKESHIP_TARGET_APP_HEALTH_URL", "",
 				"FLAKESHIP_TARGET_APP_TOKEN_FILE", "",
+				"FLAKESHIP_KEEP_DEPLOYS", "",
+				"FLAKESHIP_KEEP_FOR", "",
 			),
 			edit: func(c *Config) {},
+		},
+		{
+			name: "keep for as a Go duration, at the redelivery window",
+			env:  with("FLAKESHIP_KEEP_FOR", "720h"),
+			edit: func(c *Config) { c.KeepFor = MinKeepFor },
 		},
 		{
 			name: "listening on every address links to localhost",
@@ -546,6 +559,18 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 			want: `FLAKESHIP_BODY_LIMIT: want a number of bytes from 1 to 1073741824, got "25MiB"`},
 		{name: "body limit too big", env: with("FLAKESHIP_BODY_LIMIT", "1073741825"),
 			want: `FLAKESHIP_BODY_LIMIT: want a number of bytes from 1 to 1073741824, got "1073741825"`},
+		{name: "keep deploys negative", env: with("FLAKESHIP_KEEP_DEPLOYS", "-1"),
+			want: `FLAKESHIP_KEEP_DEPLOYS: want a whole number of deploys from 0 to 1000000, got "-1"`},
+		{name: "keep deploys not a number", env: with("FLAKESHIP_KEEP_DEPLOYS", "all"),
+			want: `FLAKESHIP_KEEP_DEPLOYS: want a whole number of deploys from 0 to 1000000, got "all"`},
+		{name: "keep for below the redelivery window", env: with("FLAKESHIP_KEEP_FOR", "7d"),
+			want: `FLAKESHIP_KEEP_FOR: want days like 90d or a duration like 2160h, from 30d (delivery ids must outlive the forges' redelivery windows) to 36500d, got "7d"`},
+		{name: "keep for a Go duration below the window", env: with("FLAKESHIP_KEEP_FOR", "719h59m"),
+			want: `FLAKESHIP_KEEP_FOR: want days like 90d or a duration like 2160h, from 30d (delivery ids must outlive the forges' redelivery windows) to 36500d, got "719h59m"`},
+		{name: "keep for in fractional days", env: with("FLAKESHIP_KEEP_FOR", "30.5d"),
+			want: `FLAKESHIP_KEEP_FOR: want days like 90d or a duration like 2160h, from 30d (delivery ids must outlive the forges' redelivery windows) to 36500d, got "30.5d"`},
+		{name: "keep for past a century", env: with("FLAKESHIP_KEEP_FOR", "36501d"),
+			want: `FLAKESHIP_KEEP_FOR: want days like 90d or a duration like 2160h, from 30d (delivery ids must outlive the forges' redelivery windows) to 36500d, got "36501d"`},
 		{name: "targets missing", env: with("FLAKESHIP_TARGETS", unset),
 			want: `FLAKESHIP_TARGETS: required: a comma-separated list of target names`},
 		{name: "targets only blanks", env: with("FLAKESHIP_TARGETS", "  "),

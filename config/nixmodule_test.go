@@ -324,6 +324,8 @@ func TestNixModuleRendersWhatConfigLoads(t *testing.T) {
 				readTokenFile = "/run/keys/read";
 				logFormat = "json";
 				bodyLimit = 1048576;
+				keepDeploys = 0;
+				keepFor = "90d";
 				nixFlags = [ ];
 				targets.app = {
 					forge = "gitea";
@@ -341,7 +343,8 @@ func TestNixModuleRendersWhatConfigLoads(t *testing.T) {
 			check: func(t *testing.T, c *config.Config, r nixRendering) {
 				if c.Listen != "0.0.0.0:9090" || c.PublicURL != "https://deploy.example.com/flake%20ship" ||
 					c.StateDir != "/srv/flakeship" || c.MaxParallel != 4 || c.LogFormat != "json" ||
-					c.BodyLimit != 1<<20 || c.NixFlags != nil || c.ReadToken != secretOf("/run/keys/read") {
+					c.BodyLimit != 1<<20 || c.NixFlags != nil || c.ReadToken != secretOf("/run/keys/read") ||
+					c.KeepDeploys != 0 || c.KeepFor != 90*24*time.Hour {
 					t.Errorf("config %+v", c)
 				}
 				a := c.Targets[0]
@@ -455,6 +458,18 @@ func TestNixModuleRefusesBadSettings(t *testing.T) {
 			name:        "a tab in a nix flag",
 			settings:    `{ nixFlags = [ "--option" "a\tb" ]; targets.app = { ` + app + ` }; }`,
 			wantProblem: "services.flakeship.nixFlags: an argument has a control character",
+		},
+		{
+			name:        "keeping deploys for less than the redelivery window",
+			settings:    `{ keepFor = "7d"; targets.app = { ` + app + ` }; }`,
+			wantProblem: `services.flakeship.keepFor: want at least 30 days ("30d")`,
+			wantVar:     "FLAKESHIP_KEEP_FOR",
+		},
+		{
+			name:        "keeping deploys for less than the redelivery window, in seconds",
+			settings:    `{ keepFor = 86400; targets.app = { ` + app + ` }; }`,
+			wantProblem: `services.flakeship.keepFor: want at least 30 days ("30d")`,
+			wantVar:     "FLAKESHIP_KEEP_FOR",
 		},
 		{
 			name:        "a variable name systemd refuses",

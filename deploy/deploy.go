@@ -128,4 +128,9 @@ type Store interface {
 	// Unposted returns the finished deploys, finished at or after since,
 	// whose final status is not marked posted, oldest first.
 	Unposted(ctx context.Context, since time.Time) ([]*Deploy, error)
+	// Prune deletes, in one transaction, up to r.Limit deploys that r lets
+	// go, oldest first, with their delivery ids, and returns their ids;
+	// fewer than r.Limit means none is left to delete now. Before it
+	// commits it calls gone (if not nil) with those ids.
+	Prune(ctx context.Context, r PruneRule, gone func(ids []int64)) ([]int64, error)
 }
