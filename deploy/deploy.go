@@ -60,6 +60,10 @@ type Deploy struct {
 	// superseded or rolled back deploy ("Superseded by def5678"); it is only
 	// needed at the moment of that transition and is not stored.
 	describeSHA string
+	// describeText, when set, is the status description of a failure
+	// whose reason the generic one ("Fetch failed: see log") would hide; it
+	// is not stored either.
+	describeText string
 }
 
 // ErrNotFound is returned by a Store for an unknown deploy.
