@@ -290,7 +290,8 @@ func (q *Queue) SubmitPush(ctx context.Context, target string, ev forge.PushEven
 	d := &Deploy{
 		Target: tq.target.Name, Forge: ev.Forge, Repo: tq.target.Repo, Branch: ev.Branch, SHA: ev.SHA,
 		Trigger: TriggerPush, State: Queued, CreatedAt: q.now().UTC(),
-		Author: ev.Author, Message: ev.Message, Pusher: ev.Pusher, DeliveryID: ev.DeliveryID,
+		Author: clipText(ev.Author, maxName), Message: clipText(ev.Message, maxMessage),
+		Pusher: clipText(ev.Pusher, maxName), DeliveryID: ev.DeliveryID,
 	}
 	return q.submit(ctx, d)
 }

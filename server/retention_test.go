@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
@@ -258,4 +259,50 @@ func TestReplayedDeliveriesArePrunedAfterTheRedeliveryWindow(t *testing.T) {
 		t.Error("no replay left a log: the test checks nothing about logs")
 	}
 	t.Logf("%d log files of pruned deploys deleted", lost)
+}
+
+// TestHugeCommitFieldsAreClippedAtIntake delivers a signed push whose head
+// commit has a 1 MiB message and whose author and pusher names are 64 KiB:
+// the deploy stores and serves their first 4 KiB and 256 bytes, cut between
+// characters.
+func TestHugeCommitFieldsAreClippedAtIntake(t *testing.T) {
+	r := newRetentionRig(t, 100)
+	// "é" is two bytes, and a clipped text keeps 3 bytes for "…": the cut
+	// at an odd byte falls inside an "é".
+	message := strings.Repeat("é", 1<<19)
+	name := strings.Repeat("é", 1<<15)
+	body := edit(t, r.body, `"message": "Initial commit"`, `"message": `+strconv.Quote(message))
+	body = edit(t, body, `"name": "Codertocat"`, `"name": `+strconv.Quote(name))
+
+	client := &http.Client{Timeout: answerDeadline}
+	defer client.CloseIdleConnections()
+	status, answer := r.deliver(t, client, "huge", body)
+	id, _ := answer["deploy_id"].(float64)
+	if status != http.StatusAccepted || id == 0 {
+		t.Fatalf("huge delivery: %d %v, want 202", status, answer)
+	}
+	resp, err := client.Get(fmt.Sprintf("%s/api/deploys/%d", r.url, int64(id)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var d deploy.Deploy
+	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []struct {
+		what, got, whole string
+		max              int
+	}{
+		{"message", d.Message, message, 4096},
+		{"author", d.Author, name, 256},
+		{"pusher", d.Pusher, name, 256},
+	} {
+		kept, clipped := strings.CutSuffix(f.got, "…")
+		if !clipped || len(f.got) > f.max || len(f.got) < f.max-4 || !utf8.ValidString(f.got) || !strings.HasPrefix(f.whole, kept) {
+			t.Errorf("%s of %d bytes is served as %d bytes ending %q; want at most %d bytes of valid UTF-8 ending in …",
+				f.what, len(f.whole), len(f.got), f.got[max(0, len(f.got)-8):], f.max)
+		}
+		t.Logf("%s: %d bytes delivered, %d stored", f.what, len(f.whole), len(f.got))
+	}
 }
