@@ -26,8 +26,19 @@ type Config struct {
 	// whose X-Forwarded-For (and X-Forwarded-Host) the server believes;
 	// single addresses are /32 or /128 networks. None by default.
 	TrustedProxies []netip.Prefix
-	Targets        []Target // FLAKESHIP_TARGETS, in the order listed
+	// KeepDeploys and KeepFor say which finished deploys, with their logs
+	// and delivery ids, are deleted: those beyond the newest KeepDeploys of
+	// their target that are older than KeepFor (deploy.Queue.Prune).
+	KeepDeploys int           // FLAKESHIP_KEEP_DEPLOYS, >= 0 (default 100)
+	KeepFor     time.Duration // FLAKESHIP_KEEP_FOR, >= MinKeepFor (default 30 days)
+	Targets     []Target      // FLAKESHIP_TARGETS, in the order listed
 }
+
+// MinKeepFor is the shortest KeepFor: a deploy's delivery id goes with it,
+// and a delivery id must be remembered for longer than a forge may
+// redeliver the delivery under the same id (GitHub: 3 days, 7 on GitHub
+// Enterprise Server), or the redelivery would deploy again.
+const MinKeepFor = 30 * 24 * time.Hour
 
 // Activation modes of a target.
 const (

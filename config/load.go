@@ -76,6 +76,8 @@ type globalEnv struct {
 	LogFormat       string `env:"FLAKESHIP_LOG_FORMAT" envDefault:"text"`
 	BodyLimit       string `env:"FLAKESHIP_BODY_LIMIT" envDefault:"26214400"`
 	TrustedProxies  string `env:"FLAKESHIP_TRUSTED_PROXIES"`
+	KeepDeploys     string `env:"FLAKESHIP_KEEP_DEPLOYS" envDefault:"100"`
+	KeepFor         string `env:"FLAKESHIP_KEEP_FOR" envDefault:"30d"`
 	Targets         string `env:"FLAKESHIP_TARGETS"`
 }
 
@@ -277,6 +279,12 @@ func globals(g *globalEnv, environ map[string]string) (*Config, []string, error)
 
 	if c.TrustedProxies, err = parseNetworks(g.TrustedProxies); err != nil {
 		return nil, nil, v.err(&g.TrustedProxies, err)
+	}
+	if c.KeepDeploys, err = intIn(g.KeepDeploys, 0, maxKeepDeploys); err != nil {
+		return nil, nil, v.errorf(&g.KeepDeploys, "want a whole number of deploys from 0 to %d, got %q", maxKeepDeploys, clip(g.KeepDeploys))
+	}
+	if c.KeepFor, err = keepDuration(g.KeepFor); err != nil {
+		return nil, nil, v.err(&g.KeepFor, err)
 	}
 
 	names, err := targetNames(g.Targets)
@@ -676,6 +684,29 @@ func quoteURL(raw string) string {
 		return "a value with '@' (not shown: it may hold credentials)"
 	}
 	return strconv.Quote(clip(raw))
+}
+
+// Bounds of the retention settings: a million deploys per target, and a
+// century, far below what time.Duration holds.
+const (
+	maxKeepDeploys = 1_000_000
+	maxKeepFor     = 36500 * 24 * time.Hour
+)
+
+// keepDuration parses FLAKESHIP_KEEP_FOR: whole days ("90d") or a Go
+// duration ("2160h"), from MinKeepFor to maxKeepFor.
+func keepDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		var n int
+		if n, err = intIn(days, 0, int(maxKeepFor/(24*time.Hour))); err == nil {
+			d = time.Duration(n) * 24 * time.Hour
+		}
+	}
+	if err != nil || d < MinKeepFor || d > maxKeepFor {
+		return 0, fmt.Errorf("want days like 90d or a duration like 2160h, from 30d (delivery ids must outlive the forges' redelivery windows) to 36500d, got %q", clip(s))
+	}
+	return d, nil
 }
 
 func positiveDuration(s string) (time.Duration, error) {

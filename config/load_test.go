@@ -67,6 +67,8 @@ func minimalConfig() *Config {
 		LogLevel:    slog.LevelInfo,
 		LogFormat:   "text",
 		BodyLimit:   26214400,
+		KeepDeploys: 100,
+		KeepFor:     30 * 24 * time.Hour,
 		Targets:     []Target{appTarget()},
 	}
 }
@@ -144,6 +146,8 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				"FLAKESHIP_LOG_FORMAT", "JSON",
 				"FLAKESHIP_BODY_LIMIT", "1048576",
 				"FLAKESHIP_TRUSTED_PROXIES", "127.0.0.1, 10.1.2.3/8 ,::1,2001:db8::/32,::ffff:192.0.2.1",
+				"FLAKESHIP_KEEP_DEPLOYS", "0",
+				"FLAKESHIP_KEEP_FOR", "365d",
 			),
 			edit: func(c *Config) {
 				c.Listen = "[::1]:9000"
@@ -161,6 +165,8 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 					netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("2001:db8::/32"),
 					netip.MustParsePrefix("192.0.2.1/32"),
 				}
+				c.KeepDeploys = 0
+				c.KeepFor = 365 * 24 * time.Hour
 			},
 		},
 		{
@@ -210,8 +216,15 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				"FLAKESHIP_TARGET_APP_HEALTH_URL", "",
 				"FLAKESHIP_TARGET_APP_TOKEN_FILE", "",
 				"FLAKESHIP_TRUSTED_PROXIES", " ",
+				"FLAKESHIP_KEEP_DEPLOYS", "",
+				"FLAKESHIP_KEEP_FOR", "",
 			),
 			edit: func(c *Config) {},
+		},
+		{
+			name: "keep for as a Go duration, at the redelivery window",
+			env:  with("FLAKESHIP_KEEP_FOR", "720h"),
+			edit: func(c *Config) { c.KeepFor = MinKeepFor },
 		},
 		{
 			name: "listening on every address links to localhost",
@@ -562,6 +575,18 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 			want: `FLAKESHIP_TRUSTED_PROXIES: want an IP address or a CIDR network like 10.0.0.0/8, got "fe80::1%eth0"`},
 		{name: "trusted proxies with a trailing comma", env: with("FLAKESHIP_TRUSTED_PROXIES", "127.0.0.1,"),
 			want: `FLAKESHIP_TRUSTED_PROXIES: empty entry in "127.0.0.1,": want IP addresses or CIDR networks separated by commas`},
+		{name: "keep deploys negative", env: with("FLAKESHIP_KEEP_DEPLOYS", "-1"),
+			want: `FLAKESHIP_KEEP_DEPLOYS: want a whole number of deploys from 0 to 1000000, got "-1"`},
+		{name: "keep deploys not a number", env: with("FLAKESHIP_KEEP_DEPLOYS", "all"),
+			want: `FLAKESHIP_KEEP_DEPLOYS: want a whole number of deploys from 0 to 1000000, got "all"`},
+		{name: "keep for below the redelivery window", env: with("FLAKESHIP_KEEP_FOR", "7d"),
+			want: `FLAKESHIP_KEEP_FOR: want days like 90d or a duration like 2160h, from 30d (delivery ids must outlive the forges' redelivery windows) to 36500d, got "7d"`},
+		{name: "keep for a Go duration below the window", env: with("FLAKESHIP_KEEP_FOR", "719h59m"),
+			want: `FLAKESHIP_KEEP_FOR: want days like 90d or a duration like 2160h, from 30d (delivery ids must outlive the forges' redelivery windows) to 36500d, got "719h59m"`},
+		{name: "keep for in fractional days", env: with("FLAKESHIP_KEEP_FOR", "30.5d"),
+			want: `FLAKESHIP_KEEP_FOR: want days like 90d or a duration like 2160h, from 30d (delivery ids must outlive the forges' redelivery windows) to 36500d, got "30.5d"`},
+		{name: "keep for past a century", env: with("FLAKESHIP_KEEP_FOR", "36501d"),
+			want: `FLAKESHIP_KEEP_FOR: want days like 90d or a duration like 2160h, from 30d (delivery ids must outlive the forges' redelivery windows) to 36500d, got "36501d"`},
 		{name: "targets missing", env: with("FLAKESHIP_TARGETS", unset),
 			want: `FLAKESHIP_TARGETS: required: a comma-separated list of target names`},
 		{name: "targets only blanks", env: with("FLAKESHIP_TARGETS", "  "),

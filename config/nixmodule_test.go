@@ -326,6 +326,8 @@ func TestNixModuleRendersWhatConfigLoads(t *testing.T) {
 				logFormat = "json";
 				bodyLimit = 1048576;
 				trustedProxies = [ "127.0.0.1" "10.0.0.0/8" "::1" ];
+				keepDeploys = 0;
+				keepFor = "90d";
 				nixFlags = [ ];
 				targets.app = {
 					forge = "gitea";
@@ -343,7 +345,8 @@ func TestNixModuleRendersWhatConfigLoads(t *testing.T) {
 			check: func(t *testing.T, c *config.Config, r nixRendering) {
 				if c.Listen != "0.0.0.0:9090" || c.PublicURL != "https://deploy.example.com/flake%20ship" ||
 					c.StateDir != "/srv/flakeship" || c.MaxParallel != 4 || c.LogFormat != "json" ||
-					c.BodyLimit != 1<<20 || c.NixFlags != nil || c.ReadToken != secretOf("/run/keys/read") {
+					c.BodyLimit != 1<<20 || c.NixFlags != nil || c.ReadToken != secretOf("/run/keys/read") ||
+					c.KeepDeploys != 0 || c.KeepFor != 90*24*time.Hour {
 					t.Errorf("config %+v", c)
 				}
 				if want := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.0.0.0/8"),
@@ -466,6 +469,18 @@ func TestNixModuleRefusesBadSettings(t *testing.T) {
 			name:        "a trusted proxy entry that would split into two",
 			settings:    `{ trustedProxies = [ "127.0.0.1" "10.0.0.1,10.0.0.2" ]; targets.app = { ` + app + ` }; }`,
 			wantProblem: `services.flakeship.trustedProxies: want an IP address or a CIDR network like "10.0.0.0/8", got "10.0.0.1,10.0.0.2"`,
+		},
+		{
+			name:        "keeping deploys for less than the redelivery window",
+			settings:    `{ keepFor = "7d"; targets.app = { ` + app + ` }; }`,
+			wantProblem: `services.flakeship.keepFor: want at least 30 days ("30d")`,
+			wantVar:     "FLAKESHIP_KEEP_FOR",
+		},
+		{
+			name:        "keeping deploys for less than the redelivery window, in seconds",
+			settings:    `{ keepFor = 86400; targets.app = { ` + app + ` }; }`,
+			wantProblem: `services.flakeship.keepFor: want at least 30 days ("30d")`,
+			wantVar:     "FLAKESHIP_KEEP_FOR",
 		},
 		{
 			name:        "a variable name systemd refuses",

@@ -60,6 +60,10 @@ type Deploy struct {
 	// superseded or rolled back deploy ("Superseded by def5678"); it is only
 	// needed at the moment of that transition and is not stored.
 	describeSHA string
+	// describeText, when set, is the status description of a failure
+	// whose reason the generic one ("Fetch failed: see log") would hide; it
+	// is not stored either.
+	describeText string
 }
 
 // ErrNotFound is returned by a Store for an unknown deploy.
@@ -128,4 +132,9 @@ type Store interface {
 	// Unposted returns the finished deploys, finished at or after since,
 	// whose final status is not marked posted, oldest first.
 	Unposted(ctx context.Context, since time.Time) ([]*Deploy, error)
+	// Prune deletes, in one transaction, up to r.Limit deploys that r lets
+	// go, oldest first, with their delivery ids, and returns their ids;
+	// fewer than r.Limit means none is left to delete now. Before it
+	// commits it calls gone (if not nil) with those ids.
+	Prune(ctx context.Context, r PruneRule, gone func(ids []int64)) ([]int64, error)
 }

@@ -52,6 +52,10 @@ type Options struct {
 	// Observer is told of every transition and of the number of waiting
 	// deploys (metrics); nil tells no one.
 	Observer Observer
+	// PruneEvery is how often old deploys are pruned (Prune) after the
+	// first time, at Start: 0 means hourly; a negative value turns the
+	// pruning off, leaving Prune to the caller.
+	PruneEvery time.Duration
 }
 
 // ErrUnknownTarget is returned for a target name that is not configured.
@@ -98,6 +102,17 @@ type Queue struct {
 	stopCtx    context.Context
 	stopSend   context.CancelFunc
 	senderWG   sync.WaitGroup
+
+	// pruneEvery is Options.PruneEvery; stopPrune ends the pruning that
+	// pruneWG waits for.
+	pruneEvery time.Duration
+	stopPrune  context.CancelFunc
+	pruneWG    sync.WaitGroup
+	// pruneMu guards pruneBatch, the most deploys deleted in one store
+	// transaction, and pruneHook, which tests set to see each batch.
+	pruneMu    sync.Mutex
+	pruneBatch int
+	pruneHook  func(ids []int64)
 }
 
 // targetQueue is the scheduling state of one target.
@@ -143,6 +158,12 @@ func New(opts Options) (*Queue, error) {
 		targets:  map[string]*targetQueue{},
 		live:     map[int64]*logFile{},
 		changed:  make(chan struct{}),
+
+		pruneEvery: opts.PruneEvery,
+		pruneBatch: pruneBatch,
+	}
+	if q.pruneEvery == 0 {
+		q.pruneEvery = pruneEvery
 	}
 	q.secrets = append(q.secrets, opts.Config.AdminToken.Reveal(), opts.Config.ReadToken.Reveal())
 	for _, t := range opts.Config.Targets {
@@ -243,6 +264,15 @@ func (q *Queue) Start(ctx context.Context) error {
 		}
 	}
 	q.dispatchLocked()
+	if q.pruneEvery > 0 {
+		pruneCtx, stop := context.WithCancel(context.Background())
+		q.stopPrune = stop
+		q.pruneWG.Add(1)
+		go func() {
+			defer q.pruneWG.Done()
+			q.pruneLoop(pruneCtx, q.pruneEvery)
+		}()
+	}
 	return nil
 }
 
@@ -260,7 +290,8 @@ func (q *Queue) SubmitPush(ctx context.Context, target string, ev forge.PushEven
 	d := &Deploy{
 		Target: tq.target.Name, Forge: ev.Forge, Repo: tq.target.Repo, Branch: ev.Branch, SHA: ev.SHA,
 		Trigger: TriggerPush, State: Queued, CreatedAt: q.now().UTC(),
-		Author: ev.Author, Message: ev.Message, Pusher: ev.Pusher, DeliveryID: ev.DeliveryID,
+		Author: clipText(ev.Author, maxName), Message: clipText(ev.Message, maxMessage),
+		Pusher: clipText(ev.Pusher, maxName), DeliveryID: ev.DeliveryID,
 	}
 	return q.submit(ctx, d)
 }
@@ -702,7 +733,12 @@ func (q *Queue) LogPath(id int64) string { return logPath(q.cfg.StateDir, id) }
 func (q *Queue) Shutdown(ctx context.Context) error {
 	q.mu.Lock()
 	q.closed = true
+	stopPrune := q.stopPrune
 	q.mu.Unlock()
+	if stopPrune != nil {
+		stopPrune()
+	}
+	q.pruneWG.Wait()
 
 	done := make(chan struct{})
 	go func() {

@@ -106,7 +106,27 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 		return
 	}
 
-	if current, stale := q.stale(buildCtx, d, checkout, lf); stale {
+	current, stale, err := q.stale(buildCtx, d, checkout, lf)
+	if err != nil {
+		if stopped("fetch", err) {
+			return
+		}
+		// The replay guard fails closed: a deploy it cannot clear does not
+		// go ahead, and is not retried (a failed deploy never is).
+		deployed := "deployed commit"
+		if current != nil {
+			deployed = "deployed " + short(current.SHA)
+		}
+		msg := fmt.Sprintf("cannot tell whether %s is older than the %s: %v; not deploying it", short(d.SHA), deployed, err)
+		lf.Printf("== %s", msg)
+		log.Error("replay guard undecided: deploy refused", "err", err)
+		q.mu.Lock()
+		d.describeText = fmt.Sprintf("Not deployed: cannot tell whether %s is older than the %s", short(d.SHA), deployed)
+		q.mu.Unlock()
+		q.fail(rec, d, Failed, msg)
+		return
+	}
+	if stale {
 		q.mu.Lock()
 		d.describeSHA = current.SHA
 		q.mu.Unlock()
@@ -190,13 +210,17 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 // rollback. A branch that was rewound (force-pushed back) no longer holds the
 // high-water commit, so its older commit deploys. Manual deploys and
 // rollbacks are never stale: they are what an operator asked for.
-func (q *Queue) stale(ctx context.Context, d *Deploy, c builder.Checkout, lf *logFile) (*Deploy, bool) {
+//
+// When the store or the git cache cannot answer, stale returns the error
+// (and the high-water deploy, if it was found): the caller must not deploy,
+// or a replay would go ahead whenever the guard fails.
+func (q *Queue) stale(ctx context.Context, d *Deploy, c builder.Checkout, lf *logFile) (*Deploy, bool, error) {
 	if d.Trigger != TriggerPush && d.Trigger != TriggerRetry {
-		return nil, false
+		return nil, false, nil
 	}
 	succeeded, err := q.store.List(ctx, Filter{Target: d.Target, State: Succeeded, Limit: 100})
 	if err != nil {
-		return nil, false
+		return nil, false, err
 	}
 	var current *Deploy
 	for _, s := range succeeded {
@@ -206,25 +230,31 @@ func (q *Queue) stale(ctx context.Context, d *Deploy, c builder.Checkout, lf *lo
 		}
 	}
 	if current == nil {
-		return nil, false
+		return nil, false, nil
 	}
 	if current.SHA == d.SHA {
 		lf.Printf("== %s was deployed already (deploy %d): not deploying it again", short(d.SHA), current.ID)
-		return current, true
+		return current, true, nil
 	}
 	older, err := q.fetcher.IsAncestor(ctx, c, d.SHA, current.SHA)
-	if err != nil || !older {
-		return nil, false
+	if err != nil {
+		return current, false, err
+	}
+	if !older {
+		return nil, false, nil
 	}
 	onBranch, err := q.fetcher.IsAncestor(ctx, c, current.SHA, c.Head)
-	if err != nil || !onBranch {
+	if err != nil {
+		return current, false, fmt.Errorf("is %s still on %s: %w", short(current.SHA), d.Branch, err)
+	}
+	if !onBranch {
 		lf.Printf("== %s is older than the deployed %s, but the branch no longer holds %s: deploying it",
 			short(d.SHA), short(current.SHA), short(current.SHA))
-		return nil, false
+		return nil, false, nil
 	}
 	lf.Printf("== %s is older than the deployed %s, which is still on %s: not deploying it",
 		short(d.SHA), short(current.SHA), d.Branch)
-	return current, true
+	return current, true, nil
 }
 
 // rollback restores the generation that ran before d after d came up
@@ -358,6 +388,9 @@ func describe(d *Deploy) string {
 		}
 		return fmt.Sprintf("Deployed %s in %s", sha, took)
 	case Failed:
+		if d.describeText != "" {
+			return d.describeText
+		}
 		if len(d.Steps) > 0 {
 			switch d.Steps[len(d.Steps)-1].Name {
 			case "fetch":

@@ -154,6 +154,21 @@ let
     else
       valueProblems option v;
 
+  # FLAKESHIP_KEEP_FOR is at least 30 days (config.MinKeepFor): delivery ids
+  # must outlive the forges' redelivery windows. Whole seconds and whole
+  # days are checked here; flakeship checks Go durations at start-up.
+  keepForProblems =
+    option: v:
+    let
+      days = if isString v then match "0*([0-9]+)d" v else null;
+      short =
+        (isInt v && v < 30 * 24 * 3600) || (days != null && builtins.fromJSON (builtins.head days) < 30);
+    in
+    if short then
+      [ "${option}: want at least 30 days (\"30d\"), so that delivery ids outlive the forges' redelivery windows, got ${toJSON v}" ]
+    else
+      durationProblems option v;
+
   targets = if isAttrs (get cfg "targets") then cfg.targets else { };
   names = attrNames targets; # sorted: FLAKESHIP_TARGETS lists them in this order
 
@@ -353,6 +368,8 @@ let
       else
         concatStringsSep "," trustedProxies
     )
+    ++ variable "FLAKESHIP_KEEP_DEPLOYS" (asString (get cfg "keepDeploys"))
+    ++ variable "FLAKESHIP_KEEP_FOR" (asDuration (get cfg "keepFor"))
     ++ variable "FLAKESHIP_TARGETS" (if names == [ ] then null else concatStringsSep "," names)
     ++ admin.variables
     ++ read.variables;
@@ -404,7 +421,9 @@ in
       "logLevel"
       "logFormat"
       "bodyLimit"
+      "keepDeploys"
     ]
+    ++ keepForProblems "${optionPath}.keepFor" (get cfg "keepFor")
     ++ (
       if needsRoot && runAsRoot == false then
         [

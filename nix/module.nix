@@ -394,6 +394,34 @@ in
       '';
     };
 
+    keepDeploys = mkOption {
+      type = nullOr (types.ints.between 0 1000000);
+      default = null;
+      description = ''
+        Newest deploys of each target kept however old, with their logs and
+        delivery ids (older ones go after {option}`keepFor`). `null`: 100.
+      '';
+    };
+
+    keepFor = mkOption {
+      type = nullOr (
+        types.either types.ints.positive (
+          types.strMatching "[0-9]+d|([0-9]+(\\.[0-9]*)?(ns|us|µs|ms|s|m|h))+" // {
+            description = "days like \"90d\" or a Go duration like \"2160h\"";
+          }
+        )
+      );
+      default = null;
+      example = "90d";
+      description = ''
+        Finished deploys beyond the newest {option}`keepDeploys` of their
+        target are deleted, with their logs and delivery ids, once older
+        than this (seconds, days like `"90d"`, or a Go duration). At least
+        30 days: a delivery id must outlive the forges' redelivery window.
+        `null`: 30 days.
+      '';
+    };
+
     extraEnvironment = mkOption {
       type = types.attrsOf types.str;
       default = { };

@@ -25,6 +25,11 @@ type Options struct {
 	// deploys finish before it cuts their fetch or build short; 0 means
 	// 30s.
 	Grace time.Duration
+	// Now is the queue's clock; nil is the real one.
+	Now func() time.Time
+	// PruneEvery is deploy.Options.PruneEvery: 0 prunes at the start and
+	// hourly, a negative value only when the test calls Prune.
+	PruneEvery time.Duration
 }
 
 // Start opens the store at <cfg.StateDir>/flakeship.db and starts a queue
@@ -41,7 +46,7 @@ func Start(t testing.TB, cfg *config.Config, log *slog.Logger, o Options) (*stor
 	q, err := deploy.New(deploy.Options{
 		Config: cfg, Store: st, Fetcher: builder.NewFetcher(log), Builder: nix,
 		Switcher:  func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
-		Notifiers: o.Notifiers, Log: log,
+		Notifiers: o.Notifiers, Log: log, Now: o.Now, PruneEvery: o.PruneEvery,
 	})
 	if err != nil {
 		t.Fatal(err)
