@@ -67,6 +67,8 @@ func minimalConfig() *Config {
 		LogFormat:   "text",
 		BodyLimit:   26214400,
 		Targets:     []Target{appTarget()},
+
+		DeployLogLimit: 16 << 20,
 	}
 }
 
@@ -142,6 +144,8 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				"FLAKESHIP_LOG_LEVEL", "DEBUG",
 				"FLAKESHIP_LOG_FORMAT", "JSON",
 				"FLAKESHIP_BODY_LIMIT", "1048576",
+				"FLAKESHIP_NIX_ACCESS_TOKENS", "github.com="+testToken,
+				"FLAKESHIP_DEPLOY_LOG_LIMIT", "1024",
 			),
 			edit: func(c *Config) {
 				c.Listen = "[::1]:9000"
@@ -154,6 +158,8 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				c.LogLevel = slog.LevelDebug
 				c.LogFormat = "json"
 				c.BodyLimit = 1048576
+				c.NixSecrets = []NixSetting{{Name: "access-tokens", Value: "github.com=" + testToken}}
+				c.DeployLogLimit = 1024
 			},
 		},
 		{
@@ -204,6 +210,35 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				"FLAKESHIP_TARGET_APP_TOKEN_FILE", "",
 			),
 			edit: func(c *Config) {},
+		},
+		{
+			name: "access tokens are taken out of the nix flags, in order",
+			env: with(
+				"FLAKESHIP_NIX_FLAGS", `--option substituters '' --option access-tokens 'github.com=ghp_a gitlab.com=PAT:b' `+
+					`--max-jobs 2 --extra-access-tokens example.org=c --option extra-access-tokens d.org=e `+
+					`--access-tokens=f.org=g --option sandbox --access-tokens --quiet`,
+				"FLAKESHIP_NIX_ACCESS_TOKENS", "github.com=ghp_first",
+			),
+			edit: func(c *Config) {
+				// "--option sandbox --access-tokens" sets sandbox to the
+				// word "--access-tokens": nix reads it so, and so does Load.
+				c.NixFlags = []string{"--option", "substituters", "", "--max-jobs", "2",
+					"--option", "sandbox", "--access-tokens", "--quiet"}
+				c.NixSecrets = []NixSetting{
+					{Name: "access-tokens", Value: "github.com=ghp_first"},
+					{Name: "access-tokens", Value: "github.com=ghp_a gitlab.com=PAT:b"},
+					{Name: "extra-access-tokens", Value: "example.org=c"},
+					{Name: "extra-access-tokens", Value: "d.org=e"},
+					{Name: "access-tokens", Value: "f.org=g"},
+				}
+			},
+		},
+		{
+			name: "nix flags of only access tokens leave no flags",
+			env:  with("FLAKESHIP_NIX_FLAGS", `--access-tokens github.com=ghp_a`),
+			edit: func(c *Config) {
+				c.NixSecrets = []NixSetting{{Name: "access-tokens", Value: "github.com=ghp_a"}}
+			},
 		},
 		{
 			name: "listening on every address links to localhost",
@@ -534,6 +569,22 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 			want: `FLAKESHIP_NIX_FLAGS: unterminated double quote`},
 		{name: "nix flags ending in a backslash", env: with("FLAKESHIP_NIX_FLAGS", `--quiet \`),
 			want: `FLAKESHIP_NIX_FLAGS: ends with a lone backslash`},
+		{name: "nix flags with access tokens but no value", env: with("FLAKESHIP_NIX_FLAGS", "--quiet --option access-tokens"),
+			want: `FLAKESHIP_NIX_FLAGS: --option access-tokens needs a value`},
+		{name: "nix flags with extra access tokens but no value", env: with("FLAKESHIP_NIX_FLAGS", "--extra-access-tokens"),
+			want: `FLAKESHIP_NIX_FLAGS: --extra-access-tokens needs a value`},
+		{name: "nix flags with empty access tokens", env: with("FLAKESHIP_NIX_FLAGS", "--access-tokens ' '"),
+			want: `FLAKESHIP_NIX_FLAGS: access-tokens: want space-separated host=token pairs, got nothing`},
+		{name: "nix flags with a newline in the access tokens", env: with("FLAKESHIP_NIX_FLAGS", "--access-tokens 'a=b\nsandbox = false'"),
+			want: `FLAKESHIP_NIX_FLAGS: access-tokens: the value has a control character (not shown)`},
+		{name: "nix flags with a '#' in the access tokens", env: with("FLAKESHIP_NIX_FLAGS", "--option access-tokens a=b#c"),
+			want: `FLAKESHIP_NIX_FLAGS: access-tokens: the value has a '#', which nix.conf reads as the start of a comment (not shown)`},
+		{name: "nix access tokens and their file", env: with("FLAKESHIP_NIX_ACCESS_TOKENS", "a=b", "FLAKESHIP_NIX_ACCESS_TOKENS_FILE", missing),
+			want: `FLAKESHIP_NIX_ACCESS_TOKENS: set either FLAKESHIP_NIX_ACCESS_TOKENS or FLAKESHIP_NIX_ACCESS_TOKENS_FILE, not both`},
+		{name: "nix access tokens file missing", env: with("FLAKESHIP_NIX_ACCESS_TOKENS_FILE", missing),
+			want: `FLAKESHIP_NIX_ACCESS_TOKENS_FILE: open ` + missing + `: no such file or directory`},
+		{name: "nix access tokens with a newline", env: with("FLAKESHIP_NIX_ACCESS_TOKENS", "a=b\nc=d"),
+			want: `FLAKESHIP_NIX_ACCESS_TOKENS: the value has a control character (not shown)`},
 		{name: "log level unknown", env: with("FLAKESHIP_LOG_LEVEL", "verbose"),
 			want: `FLAKESHIP_LOG_LEVEL: want debug, info, warn or error, got "verbose"`},
 		{name: "log level with an offset", env: with("FLAKESHIP_LOG_LEVEL", "info+2"),
@@ -546,6 +597,12 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 			want: `FLAKESHIP_BODY_LIMIT: want a number of bytes from 1 to 1073741824, got "25MiB"`},
 		{name: "body limit too big", env: with("FLAKESHIP_BODY_LIMIT", "1073741825"),
 			want: `FLAKESHIP_BODY_LIMIT: want a number of bytes from 1 to 1073741824, got "1073741825"`},
+		{name: "deploy log limit zero", env: with("FLAKESHIP_DEPLOY_LOG_LIMIT", "0"),
+			want: `FLAKESHIP_DEPLOY_LOG_LIMIT: want a number of bytes from 1 to 1099511627776, got "0"`},
+		{name: "deploy log limit with a unit", env: with("FLAKESHIP_DEPLOY_LOG_LIMIT", "16MiB"),
+			want: `FLAKESHIP_DEPLOY_LOG_LIMIT: want a number of bytes from 1 to 1099511627776, got "16MiB"`},
+		{name: "deploy log limit too big", env: with("FLAKESHIP_DEPLOY_LOG_LIMIT", "1099511627777"),
+			want: `FLAKESHIP_DEPLOY_LOG_LIMIT: want a number of bytes from 1 to 1099511627776, got "1099511627777"`},
 		{name: "targets missing", env: with("FLAKESHIP_TARGETS", unset),
 			want: `FLAKESHIP_TARGETS: required: a comma-separated list of target names`},
 		{name: "targets only blanks", env: with("FLAKESHIP_TARGETS", "  "),
@@ -803,6 +860,7 @@ func TestLoadReadsSecretFiles(t *testing.T) {
 			"FLAKESHIP_TARGET_APP_WEBHOOK_SECRET", unset,
 			"FLAKESHIP_TARGET_APP_WEBHOOK_SECRET_FILE", file("webhook", testSecret+"\n"),
 			"FLAKESHIP_TARGET_APP_TOKEN_FILE", file("token", testToken+"\n"),
+			"FLAKESHIP_NIX_ACCESS_TOKENS_FILE", file("nix-tokens", "github.com="+testToken+"\n"),
 		))
 		if err != nil {
 			t.Fatal(err)
@@ -810,6 +868,7 @@ func TestLoadReadsSecretFiles(t *testing.T) {
 		want := minimalConfig()
 		want.AdminToken, want.ReadToken = testAdmin, testRead
 		want.Targets[0].Token = testToken
+		want.NixSecrets = []NixSetting{{Name: "access-tokens", Value: "github.com=" + testToken}}
 		if !reflect.DeepEqual(c, want) {
 			t.Errorf("config differs:%s", diffConfig(c, want))
 		}
@@ -848,6 +907,7 @@ func TestSecretsNeverShown(t *testing.T) {
 			"FLAKESHIP_ADMIN_TOKEN", testAdmin,
 			"FLAKESHIP_READ_TOKEN_FILE", file("read", testRead+"\n"),
 			"FLAKESHIP_TARGET_APP_TOKEN", testToken,
+			"FLAKESHIP_NIX_FLAGS", "--option access-tokens github.com=" + testToken,
 		}, kv...)...)
 	}
 	check := func(t *testing.T, what, s string) {
@@ -868,6 +928,10 @@ func TestSecretsNeverShown(t *testing.T) {
 		all("FLAKESHIP_TARGET_APP_TOKEN", testToken+"\n"),
 		all("FLAKESHIP_TARGET_APP_TOKEN", unset, "FLAKESHIP_TARGET_APP_TOKEN_FILE", file("ctl", testToken+"\x7f")),
 		all("FLAKESHIP_NIX_FLAGS", "--option access-tokens 'github.com="+testToken),
+		all("FLAKESHIP_NIX_FLAGS", "--option access-tokens 'github.com="+testToken+"\n'"),
+		all("FLAKESHIP_NIX_FLAGS", "--access-tokens github.com="+testToken+"#"),
+		all("FLAKESHIP_NIX_ACCESS_TOKENS", "github.com="+testToken+"\x00"),
+		all("FLAKESHIP_NIX_ACCESS_TOKENS", "github.com="+testToken, "FLAKESHIP_NIX_ACCESS_TOKENS_FILE", file("nix", "x")),
 		all("FLAKESHIP_PUBLIC_URL", "https://"+testAdmin+"@example.org/"),
 		all("FLAKESHIP_PUBLIC_URL", "http://x:"+testAdmin+"@[::1"),
 		all("FLAKESHIP_TARGET_APP_FORGE_URL", "https://"+testToken+"@ghe.example.com/"),
@@ -1112,5 +1176,26 @@ func TestEveryVariableIsNamedOnce(t *testing.T) {
 		if len(slices.Compact(sorted)) != len(names) {
 			t.Errorf("%T names a variable twice: %v", s, names)
 		}
+	}
+}
+
+func TestNixConfHoldsTheSecretSettings(t *testing.T) {
+	c := &Config{NixSecrets: []NixSetting{
+		{Name: "access-tokens", Value: "github.com=ghp_a gitlab.com=PAT:b"},
+		{Name: "extra-access-tokens", Value: " example.org=c  bare "},
+	}}
+	want := "access-tokens = github.com=ghp_a gitlab.com=PAT:b\nextra-access-tokens =  example.org=c  bare \n"
+	if got := c.NixConf().Reveal(); got != want {
+		t.Errorf("NixConf =\n%q\nwant\n%q", got, want)
+	}
+	if got := (&Config{}).NixConf(); got.IsSet() {
+		t.Errorf("NixConf of no settings = %q, want nothing", got.Reveal())
+	}
+	var tokens []string
+	for _, s := range c.NixSecrets {
+		tokens = append(tokens, s.Tokens()...)
+	}
+	if want := []string{"ghp_a", "PAT:b", "c", "bare"}; !slices.Equal(tokens, want) {
+		t.Errorf("Tokens = %q, want %q", tokens, want)
 	}
 }

@@ -282,12 +282,12 @@ func TestNixModuleRendersWhatConfigLoads(t *testing.T) {
 		{
 			name: "nix flags keep their spaces, quotes, backslashes and percent signs",
 			settings: `{
-				nixFlags = [ "--option" "access-tokens" "github.com=ghp_x y" "it's" "say \"hi\"" "back\\slash"
+				nixFlags = [ "--option" "allowed-uris" "github.com=ghp_x y" "it's" "say \"hi\"" "back\\slash"
 					"" "100%" "%d" "$HOME" "` + "`date`" + `" "a'b'c" "--max-jobs" "4" ];
 				targets.app = { forge = "github"; repo = "acme/app"; webhookSecretFile = "/run/keys/app"; };
 			}`,
 			check: func(t *testing.T, c *config.Config, r nixRendering) {
-				want := []string{"--option", "access-tokens", "github.com=ghp_x y", "it's", `say "hi"`, `back\slash`,
+				want := []string{"--option", "allowed-uris", "github.com=ghp_x y", "it's", `say "hi"`, `back\slash`,
 					"", "100%", "%d", "$HOME", "`date`", "a'b'c", "--max-jobs", "4"}
 				if !slices.Equal(c.NixFlags, want) {
 					t.Errorf("nix flags\n got %q\nwant %q\nfrom FLAKESHIP_NIX_FLAGS=%s", c.NixFlags, want, r.Environment["FLAKESHIP_NIX_FLAGS"])
