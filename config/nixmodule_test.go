@@ -322,8 +322,10 @@ func TestNixModuleRendersWhatConfigLoads(t *testing.T) {
 				stateDir = "/srv/flakeship";
 				maxParallel = 4;
 				readTokenFile = "/run/keys/read";
+				nixAccessTokensFile = "/run/keys/nix-tokens";
 				logFormat = "json";
 				bodyLimit = 1048576;
+				deployLogLimit = 65536;
 				nixFlags = [ ];
 				targets.app = {
 					forge = "gitea";
@@ -341,8 +343,12 @@ func TestNixModuleRendersWhatConfigLoads(t *testing.T) {
 			check: func(t *testing.T, c *config.Config, r nixRendering) {
 				if c.Listen != "0.0.0.0:9090" || c.PublicURL != "https://deploy.example.com/flake%20ship" ||
 					c.StateDir != "/srv/flakeship" || c.MaxParallel != 4 || c.LogFormat != "json" ||
-					c.BodyLimit != 1<<20 || c.NixFlags != nil || c.ReadToken != secretOf("/run/keys/read") {
+					c.BodyLimit != 1<<20 || c.NixFlags != nil || c.ReadToken != secretOf("/run/keys/read") ||
+					c.DeployLogLimit != 64<<10 {
 					t.Errorf("config %+v", c)
+				}
+				if want := []config.NixSetting{{Name: "access-tokens", Value: secretOf("/run/keys/nix-tokens")}}; !slices.Equal(c.NixSecrets, want) {
+					t.Errorf("nix secrets %+v, want %+v", c.NixSecrets, want)
 				}
 				a := c.Targets[0]
 				if a.Forge != "forgejo" || a.CloneURL != "file:///srv/git/app.git" || a.Activate != config.ActivateNone ||
@@ -423,6 +429,11 @@ func TestNixModuleRefusesBadSettings(t *testing.T) {
 			settings:    `{ targets.web = { forge = "github"; repo = "acme/web"; webhookSecretFile = "/nix/store/0000-secret"; }; }`,
 			wantProblem: "services.flakeship.targets.web.webhookSecretFile: /nix/store/0000-secret is in the Nix store, which every user can read",
 			wantVar:     "FLAKESHIP_TARGET_WEB_WEBHOOK_SECRET",
+		},
+		{
+			name:        "nix access tokens in the Nix store",
+			settings:    `{ nixAccessTokensFile = "/nix/store/0000-tokens"; targets.app = { ` + app + ` }; }`,
+			wantProblem: "services.flakeship.nixAccessTokensFile: /nix/store/0000-tokens is in the Nix store, which every user can read",
 		},
 		{
 			name:        "a secret given as a Nix path",

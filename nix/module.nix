@@ -343,7 +343,23 @@ in
       description = ''
         Extra arguments of every nix call, one per list element (they are
         quoted for flakeship). The default turns on flakes, which flakeship
-        builds with, whatever {option}`nix.settings` says.
+        builds with, whatever {option}`nix.settings` says. Put no access
+        token here: the unit file and the Nix store are world-readable; use
+        {option}`nixAccessTokensFile`.
+      '';
+    };
+
+    nixAccessTokensFile = mkOption {
+      type = nullOr secretFile;
+      default = null;
+      example = "/run/secrets/flakeship-nix-access-tokens";
+      description = ''
+        File holding nix's `access-tokens` for flakeship's builds
+        (space-separated `host=token` pairs, like
+        `github.com=ghp_...`), for flake inputs in private repositories.
+        flakeship hands them to nix in a file only it can read, never on
+        nix's command line, and redacts them from deploy logs. `null`: nix's
+        own configuration applies.
       '';
     };
 
@@ -375,6 +391,15 @@ in
       type = nullOr types.ints.positive;
       default = null;
       description = "Largest webhook body, in bytes. `null`: 25 MiB.";
+    };
+
+    deployLogLimit = mkOption {
+      type = nullOr types.ints.positive;
+      default = null;
+      description = ''
+        Largest deploy log, in bytes: further output of the deploy's commands
+        is discarded (the build goes on), after a line saying so. `null`: 16 MiB.
+      '';
     };
 
     extraEnvironment = mkOption {
