@@ -27,7 +27,8 @@ type Config struct {
 	// NixSecrets are the nix settings that hold credentials:
 	// FLAKESHIP_NIX_ACCESS_TOKENS(_FILE) as access-tokens, then each
 	// access-tokens or extra-access-tokens taken out of FLAKESHIP_NIX_FLAGS,
-	// in order. They reach nix through a file (NixConf), never its
+	// in order (an access-tokens there and the variable are refused
+	// together: one would silently replace the other). They reach nix through a file (NixConf), never its
 	// command line, which every user of the machine can read.
 	NixSecrets []NixSetting
 	// DeployLogLimit is FLAKESHIP_DEPLOY_LOG_LIMIT: the bytes of a deploy's

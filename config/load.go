@@ -273,6 +273,10 @@ func globals(g *globalEnv, environ map[string]string) (*Config, []string, error)
 		if err := nixConfSafe(tokens.Reveal()); err != nil {
 			return nil, nil, v.err(field, err)
 		}
+		// Two access-tokens settings: the later one would silently win.
+		if slices.ContainsFunc(fromFlags, func(s NixSetting) bool { return s.Name == "access-tokens" }) {
+			return nil, nil, v.errorf(field, "%s sets access-tokens too; give the tokens in one place (--extra-access-tokens adds to them)", v.name(&g.NixFlags))
+		}
 		c.NixSecrets = append(c.NixSecrets, NixSetting{Name: "access-tokens", Value: tokens})
 	}
 	c.NixSecrets = append(c.NixSecrets, fromFlags...)

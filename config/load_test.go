@@ -217,7 +217,6 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				"FLAKESHIP_NIX_FLAGS", `--option substituters '' --option access-tokens 'github.com=ghp_a gitlab.com=PAT:b' `+
 					`--max-jobs 2 --extra-access-tokens example.org=c --option extra-access-tokens d.org=e `+
 					`--access-tokens=f.org=g --option sandbox --access-tokens --quiet`,
-				"FLAKESHIP_NIX_ACCESS_TOKENS", "github.com=ghp_first",
 			),
 			edit: func(c *Config) {
 				// "--option sandbox --access-tokens" sets sandbox to the
@@ -225,11 +224,23 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				c.NixFlags = []string{"--option", "substituters", "", "--max-jobs", "2",
 					"--option", "sandbox", "--access-tokens", "--quiet"}
 				c.NixSecrets = []NixSetting{
-					{Name: "access-tokens", Value: "github.com=ghp_first"},
 					{Name: "access-tokens", Value: "github.com=ghp_a gitlab.com=PAT:b"},
 					{Name: "extra-access-tokens", Value: "example.org=c"},
 					{Name: "extra-access-tokens", Value: "d.org=e"},
 					{Name: "access-tokens", Value: "f.org=g"},
+				}
+			},
+		},
+		{
+			name: "extra access tokens in the nix flags add to FLAKESHIP_NIX_ACCESS_TOKENS",
+			env: with(
+				"FLAKESHIP_NIX_ACCESS_TOKENS", "github.com=ghp_first",
+				"FLAKESHIP_NIX_FLAGS", "--extra-access-tokens gitlab.com=PAT:b",
+			),
+			edit: func(c *Config) {
+				c.NixSecrets = []NixSetting{
+					{Name: "access-tokens", Value: "github.com=ghp_first"},
+					{Name: "extra-access-tokens", Value: "gitlab.com=PAT:b"},
 				}
 			},
 		},
@@ -583,6 +594,8 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 			want: `FLAKESHIP_NIX_ACCESS_TOKENS: set either FLAKESHIP_NIX_ACCESS_TOKENS or FLAKESHIP_NIX_ACCESS_TOKENS_FILE, not both`},
 		{name: "nix access tokens file missing", env: with("FLAKESHIP_NIX_ACCESS_TOKENS_FILE", missing),
 			want: `FLAKESHIP_NIX_ACCESS_TOKENS_FILE: open ` + missing + `: no such file or directory`},
+		{name: "nix access tokens in the variable and the flags", env: with("FLAKESHIP_NIX_ACCESS_TOKENS", "a=b", "FLAKESHIP_NIX_FLAGS", "--option access-tokens c=d"),
+			want: `FLAKESHIP_NIX_ACCESS_TOKENS: FLAKESHIP_NIX_FLAGS sets access-tokens too; give the tokens in one place (--extra-access-tokens adds to them)`},
 		{name: "nix access tokens with a newline", env: with("FLAKESHIP_NIX_ACCESS_TOKENS", "a=b\nc=d"),
 			want: `FLAKESHIP_NIX_ACCESS_TOKENS: the value has a control character (not shown)`},
 		{name: "log level unknown", env: with("FLAKESHIP_LOG_LEVEL", "verbose"),
