@@ -85,7 +85,16 @@ func run(ctx context.Context, environ []string, logOut io.Writer, ready chan<- n
 	if err != nil {
 		return err
 	}
+	// Access tokens reach nix in a file of flakeship's, never its command
+	// line or environment.
 	nix := &builder.Nix{Binary: cfg.Nix, Flags: cfg.NixFlags}
+	nixConf := filepath.Join(cfg.StateDir, "nix.conf")
+	if err := builder.WriteNixConf(nixConf, cfg.NixConf()); err != nil {
+		return err
+	}
+	if cfg.NixConf().IsSet() {
+		nix.Conf = nixConf
+	}
 	names := make([]string, 0, len(cfg.Targets))
 	for _, t := range cfg.Targets {
 		names = append(names, t.Name)

@@ -39,8 +39,8 @@ func outputCommand(ctx context.Context, log io.Writer, name string, args ...stri
 	return outputCommandEnv(ctx, log, nil, name, args...)
 }
 
-// outputCommandEnv is outputCommand with env ("KEY=value") added to
-// flakeship's own environment.
+// outputCommandEnv is outputCommand with env ("KEY=value") added to the
+// command's environment (see childEnv).
 func outputCommandEnv(ctx context.Context, log io.Writer, env []string, name string, args ...string) ([]byte, error) {
 	var stdout bytes.Buffer
 	err := execute(ctx, killGrace, env, &stdout, &lineWriter{mu: new(sync.Mutex), w: log}, name, args...)
@@ -53,11 +53,12 @@ func outputCommandEnv(ctx context.Context, log io.Writer, env []string, name str
 // closed (cmd.WaitDelay), and whatever is left of the group gets SIGKILL.
 // The error is the command's own (exec.ExitError: "exit status 1"), or
 // "killed: " wrapping ctx.Err() when ctx ended it.
+//
+// The command's environment is never flakeship's own: it is childEnv of it,
+// the variables a command needs and no secret, with env ("KEY=value") set.
 func execute(ctx context.Context, grace time.Duration, env []string, stdout, stderr io.Writer, name string, args ...string) error {
 	cmd := exec.CommandContext(ctx, name, args...)
-	if env != nil {
-		cmd.Env = append(os.Environ(), env...)
-	}
+	cmd.Env = childEnv(os.Environ(), env...)
 	cmd.Stdout = stdout
 	cmd.Stderr = stderr
 	cmd.SysProcAttr = groupAttr()

@@ -21,6 +21,10 @@ import (
 type Nix struct {
 	Binary string   // nix binary: a name looked up in PATH, or a path
 	Flags  []string // flags for every nix call, before the subcommand
+	// Conf is flakeship's own nix.conf (see WriteNixConf), holding the
+	// access tokens: nix build reads it first among the user configuration
+	// files, before the user's own. "" for none.
+	Conf string
 }
 
 // Build builds the flake output s.Attr of the commit c with
@@ -57,16 +61,9 @@ func (n *Nix) Build(ctx context.Context, s Spec, c Checkout, log io.Writer) (out
 		args = append(args, "--profile", p.path)
 	}
 	args = append(args, ref)
-	var env []string
-	if s.NixCache != "" {
-		// nix keeps its own clone of the repository and its evaluation
-		// cache under XDG_CACHE_HOME: one per target, in the state dir,
-		// so they are writable for a service user without a home and can
-		// be reset when a killed nix leaves them half written.
-		if err := os.MkdirAll(s.NixCache, 0o700); err != nil {
-			return "", fmt.Errorf("nix build: create nix cache dir: %w", err)
-		}
-		env = []string{"XDG_CACHE_HOME=" + s.NixCache}
+	env, err := n.env(s)
+	if err != nil {
+		return "", fmt.Errorf("nix build: %w", err)
 	}
 	var before Generation
 	if into != nil {
@@ -88,6 +85,27 @@ func (n *Nix) Build(ctx context.Context, s Spec, c Checkout, log io.Writer) (out
 	}
 	fmt.Fprintf(log, "built %s in %s\n", outPath, time.Since(start).Round(time.Millisecond))
 	return outPath, nil
+}
+
+// env is what nix build gets in its environment beside childEnv's.
+func (n *Nix) env(s Spec) ([]string, error) {
+	var env []string
+	if s.NixCache != "" {
+		// nix keeps its own clone of the repository and its evaluation
+		// cache under XDG_CACHE_HOME: one per target, in the state dir,
+		// so they are writable for a service user without a home and can
+		// be reset when a killed nix leaves them half written.
+		if err := os.MkdirAll(s.NixCache, 0o700); err != nil {
+			return nil, fmt.Errorf("create nix cache dir: %w", err)
+		}
+		env = append(env, "XDG_CACHE_HOME="+s.NixCache)
+	}
+	if n != nil && n.Conf != "" {
+		// The variable replaces nix's list of user configuration files:
+		// the list names them again after flakeship's.
+		env = append(env, "NIX_USER_CONF_FILES="+userConfFiles(n.Conf, childEnv(os.Environ())))
+	}
+	return env, nil
 }
 
 // ResetCache removes the target's nix cache (its clone of the repository

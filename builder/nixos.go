@@ -213,8 +213,9 @@ func switchToConfiguration(top string) string {
 	return filepath.Join(top, "bin", "switch-to-configuration")
 }
 
-// runCommandEnv is runCommand with env ("KEY=value") added to flakeship's
-// own environment; an entry overrides one of the same key.
+// runCommandEnv is runCommand with env ("KEY=value") added to the
+// command's environment (see childEnv); an entry overrides one of the same
+// key.
 func runCommandEnv(ctx context.Context, log io.Writer, env []string, name string, args ...string) error {
 	var mu sync.Mutex
 	return execute(ctx, killGrace, env, &lineWriter{mu: &mu, w: log}, &lineWriter{mu: &mu, w: log}, name, args...)

@@ -6,6 +6,7 @@ package config
 import (
 	"log/slog"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -18,7 +19,7 @@ type Config struct {
 	ReadToken   Secret     // FLAKESHIP_READ_TOKEN(_FILE)
 	MaxParallel int        // FLAKESHIP_MAX_PARALLEL, >= 1
 	Nix         string     // FLAKESHIP_NIX
-	NixFlags    []string   // FLAKESHIP_NIX_FLAGS, split as shell words
+	NixFlags    []string   // FLAKESHIP_NIX_FLAGS, split as shell words, without access tokens (NixSecrets)
 	LogLevel    slog.Level // FLAKESHIP_LOG_LEVEL
 	LogFormat   string     // FLAKESHIP_LOG_FORMAT: "text" or "json"
 	BodyLimit   int        // FLAKESHIP_BODY_LIMIT: webhook body limit in bytes (default 25 MiB)
@@ -32,6 +33,48 @@ type Config struct {
 	KeepDeploys int           // FLAKESHIP_KEEP_DEPLOYS, >= 0 (default 100)
 	KeepFor     time.Duration // FLAKESHIP_KEEP_FOR, >= MinKeepFor (default 30 days)
 	Targets     []Target      // FLAKESHIP_TARGETS, in the order listed
+
+	// NixSecrets are the nix settings that hold credentials:
+	// FLAKESHIP_NIX_ACCESS_TOKENS(_FILE) as access-tokens, then each
+	// access-tokens or extra-access-tokens taken out of FLAKESHIP_NIX_FLAGS,
+	// in order (an access-tokens there and the variable are refused
+	// together: one would silently replace the other). They reach nix through a file (NixConf), never its
+	// command line, which every user of the machine can read.
+	NixSecrets []NixSetting
+	// DeployLogLimit is FLAKESHIP_DEPLOY_LOG_LIMIT: the bytes of a deploy's
+	// log beyond which command output is discarded (default 16 MiB).
+	DeployLogLimit int64
+}
+
+// NixSetting is one nix.conf setting whose value is a secret.
+type NixSetting struct {
+	Name  string // "access-tokens" or "extra-access-tokens"
+	Value Secret // space-separated host=token pairs
+}
+
+// Tokens are the secret parts of the setting's value, for redaction: the
+// token of each host=token pair (a pair without '=' whole).
+func (s NixSetting) Tokens() []string {
+	var out []string
+	for _, pair := range strings.Fields(s.Value.Reveal()) {
+		if _, tok, ok := strings.Cut(pair, "="); ok {
+			pair = tok
+		}
+		if pair != "" {
+			out = append(out, pair)
+		}
+	}
+	return out
+}
+
+// NixConf is NixSecrets in nix.conf syntax, one "name = value" line each,
+// or "" when there are none.
+func (c *Config) NixConf() Secret {
+	var b strings.Builder
+	for _, s := range c.NixSecrets {
+		b.WriteString(s.Name + " = " + s.Value.Reveal() + "\n")
+	}
+	return Secret(b.String())
 }
 
 // MinKeepFor is the shortest KeepFor: a deploy's delivery id goes with it,

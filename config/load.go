@@ -51,6 +51,9 @@ const (
 	maxSecretFile = 64 << 10
 
 	githubAPI = "https://api.github.com/"
+
+	// maxLogLimit is the largest FLAKESHIP_DEPLOY_LOG_LIMIT, 1 TiB.
+	maxLogLimit = 1 << 40
 )
 
 // The tags of globalEnv and targetEnv are the one list of variable names:
@@ -72,12 +75,15 @@ type globalEnv struct {
 	MaxParallel     string `env:"FLAKESHIP_MAX_PARALLEL" envDefault:"1"`
 	Nix             string `env:"FLAKESHIP_NIX" envDefault:"nix"`
 	NixFlags        string `env:"FLAKESHIP_NIX_FLAGS"`
+	NixTokens       string `env:"FLAKESHIP_NIX_ACCESS_TOKENS"`
+	NixTokensFile   string `env:"FLAKESHIP_NIX_ACCESS_TOKENS_FILE"`
 	LogLevel        string `env:"FLAKESHIP_LOG_LEVEL" envDefault:"info"`
 	LogFormat       string `env:"FLAKESHIP_LOG_FORMAT" envDefault:"text"`
 	BodyLimit       string `env:"FLAKESHIP_BODY_LIMIT" envDefault:"26214400"`
 	TrustedProxies  string `env:"FLAKESHIP_TRUSTED_PROXIES"`
 	KeepDeploys     string `env:"FLAKESHIP_KEEP_DEPLOYS" envDefault:"100"`
 	KeepFor         string `env:"FLAKESHIP_KEEP_FOR" envDefault:"30d"`
+	LogLimit        string `env:"FLAKESHIP_DEPLOY_LOG_LIMIT" envDefault:"16777216"`
 	Targets         string `env:"FLAKESHIP_TARGETS"`
 }
 
@@ -249,10 +255,35 @@ func globals(g *globalEnv, environ map[string]string) (*Config, []string, error)
 	c.Nix = g.Nix
 
 	// The flags may carry credentials (--option access-tokens ...), so the
-	// problem never quotes them.
-	if c.NixFlags, err = splitWords(g.NixFlags); err != nil {
+	// problem never quotes them. Those are taken out: nix gets them in a
+	// file (Config.NixConf), not on its command line.
+	words, err := splitWords(g.NixFlags)
+	if err != nil {
 		return nil, nil, v.err(&g.NixFlags, err)
 	}
+	var fromFlags []NixSetting
+	if c.NixFlags, fromFlags, err = takeNixSecrets(words); err != nil {
+		return nil, nil, v.err(&g.NixFlags, err)
+	}
+	tokens, err := v.secret(&g.NixTokens, &g.NixTokensFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	if tokens.IsSet() {
+		field := &g.NixTokens
+		if g.NixTokensFile != "" {
+			field = &g.NixTokensFile
+		}
+		if err := nixConfSafe(tokens.Reveal()); err != nil {
+			return nil, nil, v.err(field, err)
+		}
+		// Two access-tokens settings: the later one would silently win.
+		if slices.ContainsFunc(fromFlags, func(s NixSetting) bool { return s.Name == "access-tokens" }) {
+			return nil, nil, v.errorf(field, "%s sets access-tokens too; give the tokens in one place (--extra-access-tokens adds to them)", v.name(&g.NixFlags))
+		}
+		c.NixSecrets = append(c.NixSecrets, NixSetting{Name: "access-tokens", Value: tokens})
+	}
+	c.NixSecrets = append(c.NixSecrets, fromFlags...)
 
 	switch strings.ToLower(g.LogLevel) {
 	case "debug":
@@ -285,6 +316,9 @@ func globals(g *globalEnv, environ map[string]string) (*Config, []string, error)
 	}
 	if c.KeepFor, err = keepDuration(g.KeepFor); err != nil {
 		return nil, nil, v.err(&g.KeepFor, err)
+	}
+	if c.DeployLogLimit, err = strconv.ParseInt(g.LogLimit, 10, 64); err != nil || c.DeployLogLimit < 1 || c.DeployLogLimit > maxLogLimit {
+		return nil, nil, v.errorf(&g.LogLimit, "want a number of bytes from 1 to %d, got %q", int64(maxLogLimit), clip(g.LogLimit))
 	}
 
 	names, err := targetNames(g.Targets)
@@ -728,6 +762,68 @@ func intIn(s string, lo, hi int) (int, error) {
 
 func hasControl(s string) bool {
 	return strings.IndexFunc(s, unicode.IsControl) >= 0
+}
+
+// nixSecretSettings are the nix settings whose values are credentials.
+var nixSecretSettings = []string{"access-tokens", "extra-access-tokens"}
+
+// takeNixSecrets takes the settings of nixSecretSettings out of nix's
+// command-line flags, in each form nix reads them: "--option NAME VALUE"
+// and "--NAME VALUE" (and "--NAME=VALUE", which nix itself would refuse
+// but which holds the token all the same). It returns the other flags and
+// the settings taken, in order. Its errors never quote a value.
+func takeNixSecrets(words []string) (kept []string, taken []NixSetting, err error) {
+	for i := 0; i < len(words); i++ {
+		w := words[i]
+		name, value, n := "", "", 0 // n: how many words the setting spans
+		switch {
+		case w == "--option" && i+1 < len(words) && slices.Contains(nixSecretSettings, words[i+1]):
+			name, n = words[i+1], 3
+		case w == "--option":
+			// Another setting: keep it and its value as they are, so the
+			// value is never read as a flag.
+			end := min(i+3, len(words))
+			kept = append(kept, words[i:end]...)
+			i = end - 1
+			continue
+		case strings.HasPrefix(w, "--") && slices.Contains(nixSecretSettings, w[2:]):
+			name, n = w[2:], 2
+		default:
+			if flag, v, ok := strings.Cut(w, "="); ok && strings.HasPrefix(flag, "--") && slices.Contains(nixSecretSettings, flag[2:]) {
+				name, value, n = flag[2:], v, 1
+			}
+		}
+		if n == 0 {
+			kept = append(kept, w)
+			continue
+		}
+		if n > 1 {
+			if i+n-1 >= len(words) {
+				return nil, nil, fmt.Errorf("%s needs a value", strings.Join(words[i:], " "))
+			}
+			value = words[i+n-1]
+		}
+		if err := nixConfSafe(value); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		taken = append(taken, NixSetting{Name: name, Value: Secret(value)})
+		i += n - 1
+	}
+	return kept, taken, nil
+}
+
+// nixConfSafe checks that a secret setting can be written on one line of
+// nix.conf and mean what it says there. The error never quotes it.
+func nixConfSafe(value string) error {
+	switch {
+	case strings.TrimSpace(value) == "":
+		return errors.New("want space-separated host=token pairs, got nothing")
+	case hasControl(value):
+		return errors.New("the value has a control character (not shown)")
+	case strings.Contains(value, "#"):
+		return errors.New("the value has a '#', which nix.conf reads as the start of a comment (not shown)")
+	}
+	return nil
 }
 
 // splitWords splits s into words the way a POSIX shell would, without any

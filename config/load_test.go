@@ -70,6 +70,8 @@ func minimalConfig() *Config {
 		KeepDeploys: 100,
 		KeepFor:     30 * 24 * time.Hour,
 		Targets:     []Target{appTarget()},
+
+		DeployLogLimit: 16 << 20,
 	}
 }
 
@@ -148,6 +150,8 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				"FLAKESHIP_TRUSTED_PROXIES", "127.0.0.1, 10.1.2.3/8 ,::1,2001:db8::/32,::ffff:192.0.2.1",
 				"FLAKESHIP_KEEP_DEPLOYS", "0",
 				"FLAKESHIP_KEEP_FOR", "365d",
+				"FLAKESHIP_NIX_ACCESS_TOKENS", "github.com="+testToken,
+				"FLAKESHIP_DEPLOY_LOG_LIMIT", "1024",
 			),
 			edit: func(c *Config) {
 				c.Listen = "[::1]:9000"
@@ -167,6 +171,8 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 				}
 				c.KeepDeploys = 0
 				c.KeepFor = 365 * 24 * time.Hour
+				c.NixSecrets = []NixSetting{{Name: "access-tokens", Value: "github.com=" + testToken}}
+				c.DeployLogLimit = 1024
 			},
 		},
 		{
@@ -225,6 +231,46 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 			name: "keep for as a Go duration, at the redelivery window",
 			env:  with("FLAKESHIP_KEEP_FOR", "720h"),
 			edit: func(c *Config) { c.KeepFor = MinKeepFor },
+		},
+		{
+			name: "access tokens are taken out of the nix flags, in order",
+			env: with(
+				"FLAKESHIP_NIX_FLAGS", `--option substituters '' --option access-tokens 'github.com=ghp_a gitlab.com=PAT:b' `+
+					`--max-jobs 2 --extra-access-tokens example.org=c --option extra-access-tokens d.org=e `+
+					`--access-tokens=f.org=g --option sandbox --access-tokens --quiet`,
+			),
+			edit: func(c *Config) {
+				// "--option sandbox --access-tokens" sets sandbox to the
+				// word "--access-tokens": nix reads it so, and so does Load.
+				c.NixFlags = []string{"--option", "substituters", "", "--max-jobs", "2",
+					"--option", "sandbox", "--access-tokens", "--quiet"}
+				c.NixSecrets = []NixSetting{
+					{Name: "access-tokens", Value: "github.com=ghp_a gitlab.com=PAT:b"},
+					{Name: "extra-access-tokens", Value: "example.org=c"},
+					{Name: "extra-access-tokens", Value: "d.org=e"},
+					{Name: "access-tokens", Value: "f.org=g"},
+				}
+			},
+		},
+		{
+			name: "extra access tokens in the nix flags add to FLAKESHIP_NIX_ACCESS_TOKENS",
+			env: with(
+				"FLAKESHIP_NIX_ACCESS_TOKENS", "github.com=ghp_first",
+				"FLAKESHIP_NIX_FLAGS", "--extra-access-tokens gitlab.com=PAT:b",
+			),
+			edit: func(c *Config) {
+				c.NixSecrets = []NixSetting{
+					{Name: "access-tokens", Value: "github.com=ghp_first"},
+					{Name: "extra-access-tokens", Value: "gitlab.com=PAT:b"},
+				}
+			},
+		},
+		{
+			name: "nix flags of only access tokens leave no flags",
+			env:  with("FLAKESHIP_NIX_FLAGS", `--access-tokens github.com=ghp_a`),
+			edit: func(c *Config) {
+				c.NixSecrets = []NixSetting{{Name: "access-tokens", Value: "github.com=ghp_a"}}
+			},
 		},
 		{
 			name: "listening on every address links to localhost",
@@ -555,6 +601,24 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 			want: `FLAKESHIP_NIX_FLAGS: unterminated double quote`},
 		{name: "nix flags ending in a backslash", env: with("FLAKESHIP_NIX_FLAGS", `--quiet \`),
 			want: `FLAKESHIP_NIX_FLAGS: ends with a lone backslash`},
+		{name: "nix flags with access tokens but no value", env: with("FLAKESHIP_NIX_FLAGS", "--quiet --option access-tokens"),
+			want: `FLAKESHIP_NIX_FLAGS: --option access-tokens needs a value`},
+		{name: "nix flags with extra access tokens but no value", env: with("FLAKESHIP_NIX_FLAGS", "--extra-access-tokens"),
+			want: `FLAKESHIP_NIX_FLAGS: --extra-access-tokens needs a value`},
+		{name: "nix flags with empty access tokens", env: with("FLAKESHIP_NIX_FLAGS", "--access-tokens ' '"),
+			want: `FLAKESHIP_NIX_FLAGS: access-tokens: want space-separated host=token pairs, got nothing`},
+		{name: "nix flags with a newline in the access tokens", env: with("FLAKESHIP_NIX_FLAGS", "--access-tokens 'a=b\nsandbox = false'"),
+			want: `FLAKESHIP_NIX_FLAGS: access-tokens: the value has a control character (not shown)`},
+		{name: "nix flags with a '#' in the access tokens", env: with("FLAKESHIP_NIX_FLAGS", "--option access-tokens a=b#c"),
+			want: `FLAKESHIP_NIX_FLAGS: access-tokens: the value has a '#', which nix.conf reads as the start of a comment (not shown)`},
+		{name: "nix access tokens and their file", env: with("FLAKESHIP_NIX_ACCESS_TOKENS", "a=b", "FLAKESHIP_NIX_ACCESS_TOKENS_FILE", missing),
+			want: `FLAKESHIP_NIX_ACCESS_TOKENS: set either FLAKESHIP_NIX_ACCESS_TOKENS or FLAKESHIP_NIX_ACCESS_TOKENS_FILE, not both`},
+		{name: "nix access tokens file missing", env: with("FLAKESHIP_NIX_ACCESS_TOKENS_FILE", missing),
+			want: `FLAKESHIP_NIX_ACCESS_TOKENS_FILE: open ` + missing + `: no such file or directory`},
+		{name: "nix access tokens in the variable and the flags", env: with("FLAKESHIP_NIX_ACCESS_TOKENS", "a=b", "FLAKESHIP_NIX_FLAGS", "--option access-tokens c=d"),
+			want: `FLAKESHIP_NIX_ACCESS_TOKENS: FLAKESHIP_NIX_FLAGS sets access-tokens too; give the tokens in one place (--extra-access-tokens adds to them)`},
+		{name: "nix access tokens with a newline", env: with("FLAKESHIP_NIX_ACCESS_TOKENS", "a=b\nc=d"),
+			want: `FLAKESHIP_NIX_ACCESS_TOKENS: the value has a control character (not shown)`},
 		{name: "log level unknown", env: with("FLAKESHIP_LOG_LEVEL", "verbose"),
 			want: `FLAKESHIP_LOG_LEVEL: want debug, info, warn or error, got "verbose"`},
 		{name: "log level with an offset", env: with("FLAKESHIP_LOG_LEVEL", "info+2"),
@@ -587,6 +651,12 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 			want: `FLAKESHIP_KEEP_FOR: want days like 90d or a duration like 2160h, from 30d (delivery ids must outlive the forges' redelivery windows) to 36500d, got "30.5d"`},
 		{name: "keep for past a century", env: with("FLAKESHIP_KEEP_FOR", "36501d"),
 			want: `FLAKESHIP_KEEP_FOR: want days like 90d or a duration like 2160h, from 30d (delivery ids must outlive the forges' redelivery windows) to 36500d, got "36501d"`},
+		{name: "deploy log limit zero", env: with("FLAKESHIP_DEPLOY_LOG_LIMIT", "0"),
+			want: `FLAKESHIP_DEPLOY_LOG_LIMIT: want a number of bytes from 1 to 1099511627776, got "0"`},
+		{name: "deploy log limit with a unit", env: with("FLAKESHIP_DEPLOY_LOG_LIMIT", "16MiB"),
+			want: `FLAKESHIP_DEPLOY_LOG_LIMIT: want a number of bytes from 1 to 1099511627776, got "16MiB"`},
+		{name: "deploy log limit too big", env: with("FLAKESHIP_DEPLOY_LOG_LIMIT", "1099511627777"),
+			want: `FLAKESHIP_DEPLOY_LOG_LIMIT: want a number of bytes from 1 to 1099511627776, got "1099511627777"`},
 		{name: "targets missing", env: with("FLAKESHIP_TARGETS", unset),
 			want: `FLAKESHIP_TARGETS: required: a comma-separated list of target names`},
 		{name: "targets only blanks", env: with("FLAKESHIP_TARGETS", "  "),
@@ -844,6 +914,7 @@ func TestLoadReadsSecretFiles(t *testing.T) {
 			"FLAKESHIP_TARGET_APP_WEBHOOK_SECRET", unset,
 			"FLAKESHIP_TARGET_APP_WEBHOOK_SECRET_FILE", file("webhook", testSecret+"\n"),
 			"FLAKESHIP_TARGET_APP_TOKEN_FILE", file("token", testToken+"\n"),
+			"FLAKESHIP_NIX_ACCESS_TOKENS_FILE", file("nix-tokens", "github.com="+testToken+"\n"),
 		))
 		if err != nil {
 			t.Fatal(err)
@@ -851,6 +922,7 @@ func TestLoadReadsSecretFiles(t *testing.T) {
 		want := minimalConfig()
 		want.AdminToken, want.ReadToken = testAdmin, testRead
 		want.Targets[0].Token = testToken
+		want.NixSecrets = []NixSetting{{Name: "access-tokens", Value: "github.com=" + testToken}}
 		if !reflect.DeepEqual(c, want) {
 			t.Errorf("config differs:%s", diffConfig(c, want))
 		}
@@ -889,6 +961,7 @@ func TestSecretsNeverShown(t *testing.T) {
 			"FLAKESHIP_ADMIN_TOKEN", testAdmin,
 			"FLAKESHIP_READ_TOKEN_FILE", file("read", testRead+"\n"),
 			"FLAKESHIP_TARGET_APP_TOKEN", testToken,
+			"FLAKESHIP_NIX_FLAGS", "--option access-tokens github.com=" + testToken,
 		}, kv...)...)
 	}
 	check := func(t *testing.T, what, s string) {
@@ -909,6 +982,10 @@ func TestSecretsNeverShown(t *testing.T) {
 		all("FLAKESHIP_TARGET_APP_TOKEN", testToken+"\n"),
 		all("FLAKESHIP_TARGET_APP_TOKEN", unset, "FLAKESHIP_TARGET_APP_TOKEN_FILE", file("ctl", testToken+"\x7f")),
 		all("FLAKESHIP_NIX_FLAGS", "--option access-tokens 'github.com="+testToken),
+		all("FLAKESHIP_NIX_FLAGS", "--option access-tokens 'github.com="+testToken+"\n'"),
+		all("FLAKESHIP_NIX_FLAGS", "--access-tokens github.com="+testToken+"#"),
+		all("FLAKESHIP_NIX_ACCESS_TOKENS", "github.com="+testToken+"\x00"),
+		all("FLAKESHIP_NIX_ACCESS_TOKENS", "github.com="+testToken, "FLAKESHIP_NIX_ACCESS_TOKENS_FILE", file("nix", "x")),
 		all("FLAKESHIP_PUBLIC_URL", "https://"+testAdmin+"@example.org/"),
 		all("FLAKESHIP_PUBLIC_URL", "http://x:"+testAdmin+"@[::1"),
 		all("FLAKESHIP_TARGET_APP_FORGE_URL", "https://"+testToken+"@ghe.example.com/"),
@@ -1153,5 +1230,26 @@ func TestEveryVariableIsNamedOnce(t *testing.T) {
 		if len(slices.Compact(sorted)) != len(names) {
 			t.Errorf("%T names a variable twice: %v", s, names)
 		}
+	}
+}
+
+func TestNixConfHoldsTheSecretSettings(t *testing.T) {
+	c := &Config{NixSecrets: []NixSetting{
+		{Name: "access-tokens", Value: "github.com=ghp_a gitlab.com=PAT:b"},
+		{Name: "extra-access-tokens", Value: " example.org=c  bare "},
+	}}
+	want := "access-tokens = github.com=ghp_a gitlab.com=PAT:b\nextra-access-tokens =  example.org=c  bare \n"
+	if got := c.NixConf().Reveal(); got != want {
+		t.Errorf("NixConf =\n%q\nwant\n%q", got, want)
+	}
+	if got := (&Config{}).NixConf(); got.IsSet() {
+		t.Errorf("NixConf of no settings = %q, want nothing", got.Reveal())
+	}
+	var tokens []string
+	for _, s := range c.NixSecrets {
+		tokens = append(tokens, s.Tokens()...)
+	}
+	if want := []string{"ghp_a", "PAT:b", "c", "bare"}; !slices.Equal(tokens, want) {
+		t.Errorf("Tokens = %q, want %q", tokens, want)
 	}
 }

@@ -283,12 +283,12 @@ func TestNixModuleRendersWhatConfigLoads(t *testing.T) {
 		{
 			name: "nix flags keep their spaces, quotes, backslashes and percent signs",
 			settings: `{
-				nixFlags = [ "--option" "access-tokens" "github.com=ghp_x y" "it's" "say \"hi\"" "back\\slash"
+				nixFlags = [ "--option" "allowed-uris" "github.com=ghp_x y" "it's" "say \"hi\"" "back\\slash"
 					"" "100%" "%d" "$HOME" "` + "`date`" + `" "a'b'c" "--max-jobs" "4" ];
 				targets.app = { forge = "github"; repo = "acme/app"; webhookSecretFile = "/run/keys/app"; };
 			}`,
 			check: func(t *testing.T, c *config.Config, r nixRendering) {
-				want := []string{"--option", "access-tokens", "github.com=ghp_x y", "it's", `say "hi"`, `back\slash`,
+				want := []string{"--option", "allowed-uris", "github.com=ghp_x y", "it's", `say "hi"`, `back\slash`,
 					"", "100%", "%d", "$HOME", "`date`", "a'b'c", "--max-jobs", "4"}
 				if !slices.Equal(c.NixFlags, want) {
 					t.Errorf("nix flags\n got %q\nwant %q\nfrom FLAKESHIP_NIX_FLAGS=%s", c.NixFlags, want, r.Environment["FLAKESHIP_NIX_FLAGS"])
@@ -323,11 +323,13 @@ func TestNixModuleRendersWhatConfigLoads(t *testing.T) {
 				stateDir = "/srv/flakeship";
 				maxParallel = 4;
 				readTokenFile = "/run/keys/read";
+				nixAccessTokensFile = "/run/keys/nix-tokens";
 				logFormat = "json";
 				bodyLimit = 1048576;
 				trustedProxies = [ "127.0.0.1" "10.0.0.0/8" "::1" ];
 				keepDeploys = 0;
 				keepFor = "90d";
+				deployLogLimit = 65536;
 				nixFlags = [ ];
 				targets.app = {
 					forge = "gitea";
@@ -346,12 +348,15 @@ func TestNixModuleRendersWhatConfigLoads(t *testing.T) {
 				if c.Listen != "0.0.0.0:9090" || c.PublicURL != "https://deploy.example.com/flake%20ship" ||
 					c.StateDir != "/srv/flakeship" || c.MaxParallel != 4 || c.LogFormat != "json" ||
 					c.BodyLimit != 1<<20 || c.NixFlags != nil || c.ReadToken != secretOf("/run/keys/read") ||
-					c.KeepDeploys != 0 || c.KeepFor != 90*24*time.Hour {
+					c.KeepDeploys != 0 || c.KeepFor != 90*24*time.Hour || c.DeployLogLimit != 64<<10 {
 					t.Errorf("config %+v", c)
 				}
 				if want := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.0.0.0/8"),
 					netip.MustParsePrefix("::1/128")}; !slices.Equal(c.TrustedProxies, want) {
 					t.Errorf("trusted proxies %v, want %v", c.TrustedProxies, want)
+				}
+				if want := []config.NixSetting{{Name: "access-tokens", Value: secretOf("/run/keys/nix-tokens")}}; !slices.Equal(c.NixSecrets, want) {
+					t.Errorf("nix secrets %+v, want %+v", c.NixSecrets, want)
 				}
 				a := c.Targets[0]
 				if a.Forge != "forgejo" || a.CloneURL != "file:///srv/git/app.git" || a.Activate != config.ActivateNone ||
@@ -432,6 +437,11 @@ func TestNixModuleRefusesBadSettings(t *testing.T) {
 			settings:    `{ targets.web = { forge = "github"; repo = "acme/web"; webhookSecretFile = "/nix/store/0000-secret"; }; }`,
 			wantProblem: "services.flakeship.targets.web.webhookSecretFile: /nix/store/0000-secret is in the Nix store, which every user can read",
 			wantVar:     "FLAKESHIP_TARGET_WEB_WEBHOOK_SECRET",
+		},
+		{
+			name:        "nix access tokens in the Nix store",
+			settings:    `{ nixAccessTokensFile = "/nix/store/0000-tokens"; targets.app = { ` + app + ` }; }`,
+			wantProblem: "services.flakeship.nixAccessTokensFile: /nix/store/0000-tokens is in the Nix store, which every user can read",
 		},
 		{
 			name:        "a secret given as a Nix path",

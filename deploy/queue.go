@@ -166,6 +166,9 @@ func New(opts Options) (*Queue, error) {
 		q.pruneEvery = pruneEvery
 	}
 	q.secrets = append(q.secrets, opts.Config.AdminToken.Reveal(), opts.Config.ReadToken.Reveal())
+	for _, s := range opts.Config.NixSecrets {
+		q.secrets = append(q.secrets, s.Tokens()...)
+	}
 	for _, t := range opts.Config.Targets {
 		q.targets[t.Name] = &targetQueue{target: t}
 		q.secrets = append(q.secrets, t.Token.Reveal(), t.WebhookSecret.Reveal())

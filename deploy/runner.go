@@ -36,7 +36,7 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 	// recorded as such.
 	rec := context.Background()
 
-	lf, err := openLog(logPath(q.cfg.StateDir, d.ID), q.secrets)
+	lf, err := openLog(logPath(q.cfg.StateDir, d.ID), q.secrets, q.cfg.DeployLogLimit)
 	if err != nil {
 		log.Error("deploy log unavailable", "err", err)
 		q.fail(rec, d, Failed, fmt.Sprintf("open deploy log: %v", err))

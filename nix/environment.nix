@@ -346,6 +346,9 @@ let
 
   admin = secret "FLAKESHIP_ADMIN_TOKEN_FILE" "flakeship-admin-token" (get cfg "adminTokenFile");
   read = secret "FLAKESHIP_READ_TOKEN_FILE" "flakeship-read-token" (get cfg "readTokenFile");
+  nixTokens = secret "FLAKESHIP_NIX_ACCESS_TOKENS_FILE" "flakeship-nix-access-tokens" (
+    get cfg "nixAccessTokensFile"
+  );
   rendered = map renderTarget names;
 
   globalVariables =
@@ -370,9 +373,11 @@ let
     )
     ++ variable "FLAKESHIP_KEEP_DEPLOYS" (asString (get cfg "keepDeploys"))
     ++ variable "FLAKESHIP_KEEP_FOR" (asDuration (get cfg "keepFor"))
+    ++ variable "FLAKESHIP_DEPLOY_LOG_LIMIT" (asString (get cfg "deployLogLimit"))
     ++ variable "FLAKESHIP_TARGETS" (if names == [ ] then null else concatStringsSep "," names)
     ++ admin.variables
-    ++ read.variables;
+    ++ read.variables
+    ++ nixTokens.variables;
 
   serviceTargets = filter (n: isAttrs targets.${n} && activateOf targets.${n} == "service") names;
 
@@ -402,7 +407,8 @@ in
     globalVariables ++ concatMap (r: r.variables) rendered
   ) // builtins.mapAttrs (n: v: if asString v == null then "" else escapeSpecifiers (asString v)) extraEnvironment;
 
-  credentials = admin.credentials ++ read.credentials ++ concatMap (r: r.credentials) rendered;
+  credentials =
+    admin.credentials ++ read.credentials ++ nixTokens.credentials ++ concatMap (r: r.credentials) rendered;
 
   problems =
     (if names == [ ] then [ "${optionPath}.targets: define at least one target to deploy" ] else [ ])
@@ -413,6 +419,7 @@ in
     ++ extraProblems
     ++ secretProblems "${optionPath}.adminTokenFile" (get cfg "adminTokenFile")
     ++ secretProblems "${optionPath}.readTokenFile" (get cfg "readTokenFile")
+    ++ secretProblems "${optionPath}.nixAccessTokensFile" (get cfg "nixAccessTokensFile")
     ++ concatMap (s: valueProblems "${optionPath}.${s}" (get cfg s)) [
       "listen"
       "publicUrl"
@@ -422,6 +429,7 @@ in
       "logFormat"
       "bodyLimit"
       "keepDeploys"
+      "deployLogLimit"
     ]
     ++ keepForProblems "${optionPath}.keepFor" (get cfg "keepFor")
     ++ (

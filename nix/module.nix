@@ -343,7 +343,23 @@ in
       description = ''
         Extra arguments of every nix call, one per list element (they are
         quoted for flakeship). The default turns on flakes, which flakeship
-        builds with, whatever {option}`nix.settings` says.
+        builds with, whatever {option}`nix.settings` says. Put no access
+        token here: the unit file and the Nix store are world-readable; use
+        {option}`nixAccessTokensFile`.
+      '';
+    };
+
+    nixAccessTokensFile = mkOption {
+      type = nullOr secretFile;
+      default = null;
+      example = "/run/secrets/flakeship-nix-access-tokens";
+      description = ''
+        File holding nix's `access-tokens` for flakeship's builds
+        (space-separated `host=token` pairs, like
+        `github.com=ghp_...`), for flake inputs in private repositories.
+        flakeship hands them to nix in a file only it can read, never on
+        nix's command line, and redacts them from deploy logs. `null`: nix's
+        own configuration applies.
       '';
     };
 
@@ -419,6 +435,15 @@ in
         than this (seconds, days like `"90d"`, or a Go duration). At least
         30 days: a delivery id must outlive the forges' redelivery window.
         `null`: 30 days.
+      '';
+    };
+
+    deployLogLimit = mkOption {
+      type = nullOr types.ints.positive;
+      default = null;
+      description = ''
+        Largest deploy log, in bytes: further output of the deploy's commands
+        is discarded (the build goes on), after a line saying so. `null`: 16 MiB.
       '';
     };
 
