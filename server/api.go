@@ -7,10 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -248,110 +246,6 @@ func (s *Server) deployLog(c *fiber.Ctx) error {
 		}
 	})
 	return nil
-}
-
-// deadlineWriter is what a log stream writes to: fasthttp's buffered body
-// writer, whose pieces fasthttp copies to the connection. Before each write
-// and flush it moves the connection's write deadline timeout ahead (see
-// deployLog).
-type deadlineWriter struct {
-	w       *bufio.Writer
-	conn    net.Conn
-	timeout time.Duration // the server's WriteTimeout; 0: none
-	failed  bool          // a write or flush to the client failed
-}
-
-// Write implements io.Writer.
-func (d *deadlineWriter) Write(p []byte) (int, error) {
-	d.extend()
-	n, err := d.w.Write(p)
-	if err != nil {
-		d.failed = true
-	}
-	return n, err
-}
-
-// Flush sends what is buffered; WriteLog calls it after each piece.
-func (d *deadlineWriter) Flush() error {
-	d.extend()
-	if err := d.w.Flush(); err != nil {
-		d.failed = true
-		return err
-	}
-	return nil
-}
-
-func (d *deadlineWriter) extend() {
-	if d.timeout > 0 {
-		// An error means the connection is closed; the write that
-		// follows reports it.
-		_ = d.conn.SetWriteDeadline(time.Now().Add(d.timeout))
-	}
-}
-
-// streams keeps track of the log streams, which run after their handler
-// has returned: Shutdown ends them (they would otherwise keep their
-// connection busy until their deploy ends) and waits for them.
-type streams struct {
-	ctx    context.Context
-	cancel context.CancelFunc
-	mu     sync.Mutex
-	closed bool
-	n      int // streams running
-	wg     sync.WaitGroup
-}
-
-func newStreams() *streams {
-	ctx, cancel := context.WithCancel(context.Background())
-	return &streams{ctx: ctx, cancel: cancel}
-}
-
-// start registers a new stream and returns the context it runs under and
-// the func to call when it ends; ok is false once stop was called.
-func (st *streams) start() (ctx context.Context, done func(), ok bool) {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if st.closed {
-		return nil, nil, false
-	}
-	st.wg.Add(1)
-	st.n++
-	return st.ctx, func() {
-		st.mu.Lock()
-		st.n--
-		st.mu.Unlock()
-		st.wg.Done()
-	}, true
-}
-
-// count returns how many streams run, for tests.
-func (st *streams) count() int {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	return st.n
-}
-
-// stop ends every stream and refuses new ones.
-func (st *streams) stop() {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	st.closed = true
-	st.cancel()
-}
-
-// wait waits until every stream has ended, or ctx ends.
-func (st *streams) wait(ctx context.Context) error {
-	ended := make(chan struct{})
-	go func() {
-		st.wg.Wait()
-		close(ended)
-	}()
-	select {
-	case <-ended:
-		return nil
-	case <-ctx.Done():
-		return errors.New("log streams still running")
-	}
 }
 
 // targetParam returns the {name} of a /api/targets/{name}/... request, or a

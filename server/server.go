@@ -72,7 +72,7 @@ type Server struct {
 	readTimeout time.Duration
 	app         *fiber.App
 	// authFailures counts wrong tokens per client (auth.go); streams are
-	// the log streams that outlive their handler (api.go).
+	// the log streams that outlive their handler (events.go).
 	authFailures *failureLimiter
 	streams      *streams
 }
