@@ -184,15 +184,16 @@ func (s *Server) listDeploys(c *fiber.Ctx) error {
 
 // deployLog answers GET /api/deploys/{id}/log with the deploy's log as
 // text; with ?follow=1 it keeps the answer open and streams what is added
-// until the deploy ends, the client goes away or the server shuts down.
+// until the deploy ends, the client goes away or the server shuts down
+// (events.go: how a stream waits, notices a client that hung up, and how
+// many may follow).
 //
 // The body is written after the handler returns, by a stream writer.
 // fasthttp sets the connection's write deadline (the server's WriteTimeout)
 // once, just before it writes an answer, so a follow that outlasts it would
 // be cut off: the stream moves the deadline ahead before each piece it
 // writes, which bounds each piece instead of the whole answer. A client
-// that stops reading is still cut off after WriteTimeout; one that hangs up
-// is noticed at the next piece (at the latest when the deploy ends).
+// that stops reading is still cut off after WriteTimeout.
 func (s *Server) deployLog(c *fiber.Ctx) error {
 	id, err := deployID(c)
 	if err != nil {
@@ -214,9 +215,9 @@ func (s *Server) deployLog(c *fiber.Ctx) error {
 	} else if err != nil {
 		return s.writeError(c, s.log, err)
 	}
-	streamCtx, done, ok := s.streams.start()
-	if !ok {
-		return s.writeError(c, s.log, deploy.ErrClosed)
+	streamCtx, done, err := s.streams.start(id, follow)
+	if err != nil {
+		return s.refuseStream(c, id, err)
 	}
 
 	c.Set(fiber.HeaderContentType, "text/plain; charset=utf-8")
@@ -226,20 +227,27 @@ func (s *Server) deployLog(c *fiber.Ctx) error {
 	if follow {
 		// Reverse proxies such as nginx would otherwise buffer the stream.
 		c.Set("X-Accel-Buffering", "no")
+		closeAfterStream(c)
 	}
 	// Taken now: neither fiber's nor fasthttp's context may be used once
 	// the handler has returned.
-	out := &deadlineWriter{conn: c.Context().Conn(), timeout: s.app.Server().WriteTimeout}
+	conn := c.Context().Conn()
+	out := &deadlineWriter{conn: conn, timeout: s.app.Server().WriteTimeout}
 	log := s.log.With("deploy_id", id, "follow", follow)
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer done()
 		out.w = w
-		err := s.operator.WriteLog(streamCtx, id, out, follow)
+		ctx, stop := streamCtx, func() {}
+		if follow {
+			ctx, stop = watchHangUp(streamCtx, conn)
+		}
+		err := s.operator.WriteLog(ctx, id, out, follow)
+		stop()
 		// fasthttp writes the end of the answer once this returns: give
 		// that a deadline of its own too.
 		out.extend()
 		switch {
-		case err != nil && out.failed:
+		case errors.Is(context.Cause(ctx), errClientGone) || (err != nil && out.failed):
 			log.Debug("log stream ended: the client went away", "err", err)
 		case err != nil:
 			log.Warn("log stream cut short", "err", err)

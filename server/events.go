@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -19,16 +20,31 @@ import (
 	"github.com/flakeship/flakeship/deploy"
 )
 
-// The log streams: GET /api/deploys/{id}/log (api.go) and the deploy
-// page's Server-Sent Events, GET /deploys/{id}/events. Both are written by
-// a fasthttp stream writer after their handler has returned.
+// The log streams: GET /api/deploys/{id}/log?follow=1 (api.go) and the
+// deploy page's Server-Sent Events, GET /deploys/{id}/events. Both are
+// written by a fasthttp stream writer after their handler has returned, and
+// follow the deploy through deploy.Queue.WriteLog, which wakes on the
+// deploy's own announcements (a transition, a log line, its end), never on a
+// timer. A stream ends when its deploy ends, its client hangs up (noticed at
+// once: the connection is watched for its close, see watchHangUp), or the
+// server shuts down. At most maxStreamsPerDeploy follow one deploy and
+// maxStreams follow in all; more are answered 503.
 
 const (
-	// sseStatePoll is how often an event stream looks at its deploy's
-	// state.
-	sseStatePoll = 500 * time.Millisecond
+	// maxStreamsPerDeploy and maxStreams bound the log streams that follow
+	// a deploy: each holds a connection and its deploy's log file open
+	// until the deploy ends, about 2 file descriptors and some 40 KiB.
+	// 32 watchers of one deploy is more than a team has; 512 in all stays
+	// far below the file limit Go sets itself (the hard limit) and
+	// systemd's default for it.
+	maxStreamsPerDeploy = 32
+	maxStreams          = 512
+	// streamRetryAfter is the Retry-After of a stream refused at a limit
+	// or at a shutdown.
+	streamRetryAfter = 10 * time.Second
+
 	// sseHeartbeat is how often an idle event stream writes a comment, so
-	// that a client that went away is noticed and proxies keep it open.
+	// that proxies keep it open.
 	sseHeartbeat = 15 * time.Second
 	// sseRetryMillis is the reconnect delay an EventSource is told.
 	sseRetryMillis = 3000
@@ -77,38 +93,61 @@ func (d *deadlineWriter) extend() {
 }
 
 // streams keeps track of the log streams, which run after their handler
-// has returned: Shutdown ends them (they would otherwise keep their
-// connection busy until their deploy ends) and waits for them.
+// has returned: it bounds how many follow (see maxStreamsPerDeploy), and
+// Shutdown ends them (they would otherwise keep their connection busy until
+// their deploy ends) and waits for them.
 type streams struct {
 	ctx    context.Context
 	cancel context.CancelFunc
-	mu     sync.Mutex
-	closed bool
-	n      int // streams running
-	wg     sync.WaitGroup
+	// perDeploy and total are the limits of following streams.
+	perDeploy, total int
+
+	mu       sync.Mutex
+	closed   bool
+	n        int           // streams running, following or not
+	follows  int           // following streams running
+	byDeploy map[int64]int // following streams running, by deploy; no zeros
+	wg       sync.WaitGroup
 }
 
-func newStreams() *streams {
+func newStreams(perDeploy, total int) *streams {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &streams{ctx: ctx, cancel: cancel}
+	return &streams{ctx: ctx, cancel: cancel, perDeploy: perDeploy, total: total, byDeploy: map[int64]int{}}
 }
 
-// start registers a new stream and returns the context it runs under and
-// the func to call when it ends; ok is false once stop was called.
-func (st *streams) start() (ctx context.Context, done func(), ok bool) {
+// start registers a new stream of deploy id's log and returns the context
+// it runs under and the func to call when it ends. A following stream
+// counts against the limits. It returns deploy.ErrClosed once stop was
+// called, and a 503 error at a limit.
+func (st *streams) start(id int64, follow bool) (ctx context.Context, done func(), err error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.closed {
-		return nil, nil, false
+	switch {
+	case st.closed:
+		return nil, nil, deploy.ErrClosed
+	case follow && st.byDeploy[id] >= st.perDeploy:
+		return nil, nil, unavailable("deploy %d has %d log streams open, the most it may have: try again later", id, st.perDeploy)
+	case follow && st.follows >= st.total:
+		return nil, nil, unavailable("flakeship has %d log streams open, the most it serves: try again later", st.total)
 	}
 	st.wg.Add(1)
 	st.n++
+	if follow {
+		st.follows++
+		st.byDeploy[id]++
+	}
 	return st.ctx, func() {
 		st.mu.Lock()
 		st.n--
+		if follow {
+			st.follows--
+			if st.byDeploy[id]--; st.byDeploy[id] == 0 {
+				delete(st.byDeploy, id)
+			}
+		}
 		st.mu.Unlock()
 		st.wg.Done()
-	}, true
+	}, nil
 }
 
 // count returns how many streams run, for tests.
@@ -141,16 +180,82 @@ func (st *streams) wait(ctx context.Context) error {
 	}
 }
 
+// errClientGone is the cause a stream's context ends with when its client
+// hung up.
+var errClientGone = errors.New("the client went away")
+
+// refuseStream answers a stream that may not start now (err from
+// streams.start): 503 with a Retry-After, as JSON.
+func (s *Server) refuseStream(c *fiber.Ctx, id int64, err error) error {
+	c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int(streamRetryAfter/time.Second)))
+	s.log.Warn("log stream refused", "deploy_id", id, "client", c.IP(), "err", err)
+	return s.writeError(c, s.log, err)
+}
+
+// watchHangUp returns a context that ends with cause errClientGone when the
+// client closes conn (or when ctx ends), and stop, which ends the watching
+// and waits for it; call stop before the stream writer returns.
+//
+// fasthttp writes a streamed body from a pipe the stream writer fills, and
+// learns that the client left only when a write to the connection fails:
+// a stream that has nothing to write would hold its connection, its
+// goroutines and its buffers until its deploy ends. Nothing else reads the
+// connection while the answer is written, so a read here sees the client's
+// close at once (EOF or a reset), as net/http's background read does. The
+// answer is sent with Connection: close (closeAfterStream), so that whatever
+// the client sends meanwhile, read and dropped here, is not taken for its
+// next request. A client that half-closes its side after the request is
+// taken to have gone, as net/http takes it.
+func watchHangUp(ctx context.Context, conn net.Conn) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	var stopping atomic.Bool
+	watched := make(chan struct{})
+	// fasthttp set a read deadline for the request; the stream may be
+	// much longer.
+	if err := conn.SetReadDeadline(time.Time{}); err != nil {
+		cancel(errClientGone)
+		close(watched)
+	} else {
+		go func() {
+			defer close(watched)
+			var buf [512]byte
+			for {
+				if _, err := conn.Read(buf[:]); err != nil {
+					if !stopping.Load() {
+						cancel(errClientGone)
+					}
+					return
+				}
+			}
+		}()
+	}
+	return ctx, func() {
+		stopping.Store(true)
+		// A deadline in the past ends the blocked read at once; an error
+		// means the connection is closed, and the read has ended too.
+		_ = conn.SetReadDeadline(time.Unix(1, 0))
+		<-watched
+		cancel(nil)
+	}
+}
+
+// closeAfterStream closes the connection after the answer: its stream
+// writer reads the connection (watchHangUp), so no next request may come
+// on it.
+func closeAfterStream(c *fiber.Ctx) {
+	c.Context().SetConnectionClose()
+}
+
 // deployEvents answers GET /deploys/{id}/events with Server-Sent Events:
 // "log" events carry the lines added to the log (one data line each; the
 // event id is the byte offset in the log after them, so a reconnecting
-// EventSource resumes where it stopped), "state" events the deploy's new
-// state, and "end" its final state once it ended. The stream starts at the
-// offset query parameter (what the page already shows) or the Last-Event-ID
-// header, and ends when the deploy ends, the client goes away or the server
-// shuts down. Like the API's log stream it moves the connection's write
-// deadline ahead before each write (see deployLog), so WriteTimeout bounds
-// each event, not the whole stream.
+// EventSource resumes where it stopped), "state" events the deploy's state
+// and its changes, and "end" its final state once it ended. The stream
+// starts at the offset query parameter (what the page already shows) or the
+// Last-Event-ID header, and ends when the deploy ends, the client goes away
+// or the server shuts down. Like the API's log stream it moves the
+// connection's write deadline ahead before each write (see deployLog), so
+// WriteTimeout bounds each event, not the whole stream.
 func (s *Server) deployEvents(c *fiber.Ctx) error {
 	plain := func(status int, msg string) error {
 		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
@@ -165,7 +270,7 @@ func (s *Server) deployEvents(c *fiber.Ctx) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), submitTimeout)
 	defer cancel()
-	d, err := s.operator.Get(ctx, id)
+	_, err := s.operator.Get(ctx, id)
 	if errors.Is(err, deploy.ErrNotFound) {
 		return plain(http.StatusNotFound, "no such deploy")
 	}
@@ -181,22 +286,25 @@ func (s *Server) deployEvents(c *fiber.Ctx) error {
 	if err != nil || skip < 0 {
 		skip = 0
 	}
-	streamCtx, done, ok := s.streams.start()
-	if !ok {
-		return plain(http.StatusServiceUnavailable, "flakeship is shutting down")
+	streamCtx, done, err := s.streams.start(id, true)
+	if err != nil {
+		return s.refuseStream(c, id, err)
 	}
 
 	c.Set(fiber.HeaderContentType, "text/event-stream")
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	c.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
+	closeAfterStream(c)
 	// Taken now: neither fiber's nor fasthttp's context may be used once
 	// the handler has returned.
-	st := &sseStream{out: &deadlineWriter{conn: c.Context().Conn(), timeout: s.app.Server().WriteTimeout}, skip: skip}
-	state := d.State
+	conn := c.Context().Conn()
+	st := &sseStream{out: &deadlineWriter{conn: conn, timeout: s.app.Server().WriteTimeout}, skip: skip}
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer done()
 		st.out.w = w
-		s.streamEvents(streamCtx, id, state, st)
+		ctx, stop := watchHangUp(streamCtx, conn)
+		s.streamEvents(ctx, id, st)
+		stop()
 		// fasthttp writes the end of the answer after this returns:
 		// give that the full write timeout too.
 		st.out.extend()
@@ -205,27 +313,27 @@ func (s *Server) deployEvents(c *fiber.Ctx) error {
 }
 
 // streamEvents writes deploy id's events to st until the deploy ends, a
-// write fails (the client went away) or ctx ends (the server shuts down).
-func (s *Server) streamEvents(ctx context.Context, id int64, state deploy.State, st *sseStream) {
+// write fails or the client hangs up, or ctx ends (the server shuts down).
+func (s *Server) streamEvents(ctx context.Context, id int64, st *sseStream) {
 	log := s.log.With("deploy_id", id)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if err := st.open(state); err != nil {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if err := st.open(); err != nil {
 		log.Debug("event stream ended: the client went away", "err", err)
 		return
 	}
-	watchCtx, stopWatch := context.WithCancel(ctx)
+	beatCtx, stopBeat := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.watchDeploy(watchCtx, cancel, id, state, st)
+		st.heartbeat(beatCtx, cancel)
 	}()
 	err := s.operator.WriteLog(ctx, id, st, true)
-	stopWatch()
+	stopBeat()
 	wg.Wait()
 	switch {
-	case st.out.failed:
+	case st.out.failed || errors.Is(context.Cause(ctx), errClientGone):
 		log.Debug("event stream ended: the client went away", "err", err)
 		return
 	case err != nil:
@@ -236,62 +344,23 @@ func (s *Server) streamEvents(ctx context.Context, id int64, state deploy.State,
 		// can, from the last event id.
 		return
 	}
-	// The deploy ended, and its log is whole.
-	endCtx, endCancel := context.WithTimeout(context.Background(), submitTimeout)
-	defer endCancel()
-	d, err := s.operator.Get(endCtx, id)
-	if err != nil {
-		log.Warn("event stream ends without the final state", "err", err)
-		return
-	}
-	if err := st.finish(d.State); err != nil {
+	// The deploy ended, its log is whole, and its final state was told.
+	if err := st.finish(); err != nil {
 		log.Debug("event stream ended: the client went away", "err", err)
-	}
-}
-
-// watchDeploy sends a "state" event whenever deploy id's state changes and a
-// comment when the stream is idle, until ctx ends. It calls stop when a
-// write fails: the client went away.
-func (s *Server) watchDeploy(ctx context.Context, stop context.CancelFunc, id int64, last deploy.State, st *sseStream) {
-	poll := time.NewTicker(sseStatePoll)
-	defer poll.Stop()
-	beat := time.NewTicker(sseHeartbeat)
-	defer beat.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-beat.C:
-			if err := st.comment("keep-alive"); err != nil {
-				stop()
-				return
-			}
-		case <-poll.C:
-			getCtx, cancel := context.WithTimeout(ctx, submitTimeout)
-			d, err := s.operator.Get(getCtx, id)
-			cancel()
-			if err != nil || d.State == last {
-				// A failed look is tried again at the next tick.
-				continue
-			}
-			last = d.State
-			if err := st.event("state", d.State); err != nil {
-				stop()
-				return
-			}
-		}
 	}
 }
 
 // sseStream writes Server-Sent Events to a streamed answer. Its Write takes
 // a deploy log's bytes (from Operator.WriteLog) and sends each complete line
-// as a data line of a "log" event. It is safe for concurrent use.
+// as a data line of a "log" event; its WriteState sends a "state" event. It
+// is safe for concurrent use.
 type sseStream struct {
 	mu      sync.Mutex
 	out     *deadlineWriter
-	skip    int64  // bytes of the log the client has already
-	offset  int64  // bytes of the log consumed: skipped or sent
-	partial []byte // the start of a line not yet whole
+	skip    int64        // bytes of the log the client has already
+	offset  int64        // bytes of the log consumed: skipped or sent
+	partial []byte       // the start of a line not yet whole
+	state   deploy.State // the last state sent
 }
 
 // stateData is the data of "state" and "end" events.
@@ -300,14 +369,11 @@ type stateData struct {
 	Terminal bool         `json:"terminal"`
 }
 
-// open starts the stream: the reconnect delay, then the current state.
-func (e *sseStream) open(state deploy.State) error {
+// open starts the stream with the reconnect delay.
+func (e *sseStream) open() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	fmt.Fprintf(e.out, "retry: %d\n\n", sseRetryMillis)
-	if err := e.eventLocked("state", state); err != nil {
-		return err
-	}
 	return e.out.Flush()
 }
 
@@ -360,11 +426,12 @@ func (e *sseStream) Flush() error {
 	return e.out.Flush()
 }
 
-// event writes and flushes one "state" (or "end") event.
-func (e *sseStream) event(name string, state deploy.State) error {
+// WriteState implements deploy.StateWriter: a "state" event, flushed.
+func (e *sseStream) WriteState(state deploy.State) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if err := e.eventLocked(name, state); err != nil {
+	e.state = state
+	if err := e.eventLocked("state", state); err != nil {
 		return err
 	}
 	return e.out.Flush()
@@ -379,7 +446,25 @@ func (e *sseStream) eventLocked(name string, state deploy.State) error {
 	return err
 }
 
-// comment writes and flushes an SSE comment, which clients ignore.
+// heartbeat writes a comment, which clients ignore, every sseHeartbeat
+// until ctx ends; a failed write ends the stream with errClientGone.
+func (e *sseStream) heartbeat(ctx context.Context, stop context.CancelCauseFunc) {
+	beat := time.NewTicker(sseHeartbeat)
+	defer beat.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-beat.C:
+			if err := e.comment("keep-alive"); err != nil {
+				stop(errClientGone)
+				return
+			}
+		}
+	}
+}
+
+// comment writes and flushes an SSE comment.
 func (e *sseStream) comment(text string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -390,8 +475,8 @@ func (e *sseStream) comment(text string) error {
 }
 
 // finish sends what is left of the log (a last line without a newline),
-// the final state and "end".
-func (e *sseStream) finish(state deploy.State) error {
+// the final state again and "end".
+func (e *sseStream) finish() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if len(e.partial) > 0 {
@@ -400,10 +485,10 @@ func (e *sseStream) finish(state deploy.State) error {
 		}
 		e.partial = nil
 	}
-	if err := e.eventLocked("state", state); err != nil {
+	if err := e.eventLocked("state", e.state); err != nil {
 		return err
 	}
-	if err := e.eventLocked("end", state); err != nil {
+	if err := e.eventLocked("end", e.state); err != nil {
 		return err
 	}
 	return e.out.Flush()

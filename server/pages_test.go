@@ -42,6 +42,12 @@ type pageRigOptions struct {
 	admin, read config.Secret
 	// writeTimeout, if not zero, replaces the server's 10 s WriteTimeout.
 	writeTimeout time.Duration
+	// noSandbox builds without nix's sandbox, so that a build can wait at
+	// a testenv.Gate.
+	noSandbox bool
+	// streamsPerDeploy and streams, if not zero, replace the limits of
+	// following log streams.
+	streamsPerDeploy, streams int
 }
 
 // pageRig is a running Server over a real deploy queue.
@@ -90,6 +96,9 @@ func newPageRig(t *testing.T, o pageRigOptions) *pageRig {
 			BuildTimeout: time.Minute, WebhookSecret: "hook-secret", StatusContext: "flakeship/app",
 		}},
 	}
+	if o.noSandbox {
+		r.cfg.NixFlags = append(r.cfg.NixFlags, testenv.NoSandbox...)
+	}
 	log := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	_, q := queuetest.Start(t, r.cfg, log, queuetest.Options{Grace: pageDeadline})
 	r.queue = q
@@ -97,6 +106,12 @@ func newPageRig(t *testing.T, o pageRigOptions) *pageRig {
 	r.srv = New(Options{Config: r.cfg, Deployer: q, Operator: q, Log: log})
 	if o.writeTimeout > 0 {
 		r.srv.app.Server().WriteTimeout = o.writeTimeout
+	}
+	if o.streamsPerDeploy > 0 {
+		r.srv.streams.perDeploy = o.streamsPerDeploy
+	}
+	if o.streams > 0 {
+		r.srv.streams.total = o.streams
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -103,7 +103,7 @@ func New(opts Options) *Server {
 		s.readTimeout = defaultReadTimeout
 	}
 	s.authFailures = newFailureLimiter(maxAuthFailures, authWindow, maxAuthClients, s.now)
-	s.streams = newStreams()
+	s.streams = newStreams(maxStreamsPerDeploy, maxStreams)
 	s.app = fiber.New(fiber.Config{
 		// fasthttp refuses a body over the limit from Content-Length,
 		// before reading it, and the ErrorHandler answers 413.
