@@ -12,7 +12,8 @@ import (
 // blocks until the deploy itself announces something (a transition, a
 // line added to its log, its end) rather than looking at the store or the
 // log file on a timer. A follower costs nothing while its deploy is quiet,
-// and reads the store once, at its start.
+// and reads the store as it starts only (twice if the deploy ends just
+// then).
 
 // StateWriter is a log writer that also wants the deploy's state. WriteLog
 // calls WriteState with the deploy's state before it writes any of the log,

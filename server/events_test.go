@@ -19,6 +19,13 @@ import (
 // nothing and changes nothing until the test opens the gate, which is when
 // a stream whose client left would linger.
 
+// hangUpDeadline bounds the wait for a stream to end after its client hung
+// up. The claim is about a second (it takes milliseconds); before, a quiet
+// deploy's follow lingered until the deploy ended and an event stream until
+// a heartbeat failed, 15 to 30 s. It stays below the test build's 1 minute
+// BUILD_TIMEOUT, which would end the held deploy and its streams with it.
+const hangUpDeadline = 10 * time.Second
+
 // heldDeploy queues a deploy whose build waits at gate, and waits until it
 // does.
 func (r *pageRig) heldDeploy(gate *testenv.Gate) int64 {
@@ -93,7 +100,7 @@ func TestLogStreamsEndAsSoonAsTheirClientHangsUp(t *testing.T) {
 		s.conn.Close()
 		left := time.Now()
 		// The deploy is silent: only a watch on the connection notices.
-		waitUntil(t, pageDeadline, func() bool { return r.srv.streams.count() == 0 },
+		waitUntil(t, hangUpDeadline, func() bool { return r.srv.streams.count() == 0 },
 			fmt.Sprintf("the stream of %s outlived its client\n%s", path, r.logs.String()))
 		t.Logf("the stream of %s ended %s after its client hung up", path, time.Since(left).Round(time.Millisecond))
 	}
