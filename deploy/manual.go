@@ -4,10 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strings"
-	"time"
 
 	"github.com/flakeship/flakeship/builder"
 	"github.com/flakeship/flakeship/config"
@@ -142,87 +139,4 @@ func (q *Queue) snapshot(d *Deploy) *Deploy {
 	c.Steps = append([]Step(nil), d.Steps...)
 	q.fillURL(&c)
 	return &c
-}
-
-// followPoll bounds how long a follower waits without news before it looks
-// again (it is woken at once by new log lines and state changes).
-const followPoll = time.Second
-
-// WriteLog writes deploy id's log as it is now to w. With follow, it then
-// writes each piece added until the deploy ends (or ctx ends), calling w's
-// Flush() error, if it has one, after each piece. A queued deploy has no log
-// yet: a follower waits for it to start.
-func (q *Queue) WriteLog(ctx context.Context, id int64, w io.Writer, follow bool) error {
-	if _, err := q.store.Get(ctx, id); err != nil {
-		return fmt.Errorf("log of deploy %d: %w", id, err)
-	}
-	flush := func() error {
-		if f, ok := w.(interface{ Flush() error }); ok {
-			return f.Flush()
-		}
-		return nil
-	}
-	var f *os.File
-	defer func() {
-		if f != nil {
-			f.Close()
-		}
-	}()
-	// copyNew writes what was added to the log file since the last call.
-	copyNew := func() error {
-		if f == nil {
-			var err error
-			f, err = os.Open(logPath(q.cfg.StateDir, id))
-			if errors.Is(err, os.ErrNotExist) {
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("log of deploy %d: %w", id, err)
-			}
-		}
-		n, err := io.Copy(w, f)
-		if err != nil {
-			return fmt.Errorf("log of deploy %d: %w", id, err)
-		}
-		if n > 0 {
-			return flush()
-		}
-		return nil
-	}
-	for {
-		q.mu.Lock()
-		active := q.isActiveLocked(id)
-		changed := q.changed
-		var grew <-chan struct{}
-		if lf := q.live[id]; lf != nil {
-			grew = lf.grew()
-		}
-		q.mu.Unlock()
-		if err := copyNew(); err != nil {
-			return err
-		}
-		if !follow || !active {
-			// A deploy that is not active any more has closed its log,
-			// so what was just copied is all of it.
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-changed:
-		case <-grew:
-		case <-time.After(followPoll):
-		}
-	}
-}
-
-// isActiveLocked reports whether deploy id waits or runs; the caller holds
-// q.mu.
-func (q *Queue) isActiveLocked(id int64) bool {
-	for _, tq := range q.targets {
-		if (tq.pending != nil && tq.pending.ID == id) || (tq.running != nil && tq.running.deploy.ID == id) {
-			return true
-		}
-	}
-	return false
 }

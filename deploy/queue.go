@@ -91,8 +91,8 @@ type Queue struct {
 	targets map[string]*targetQueue
 	active  int // deploys running now
 	runs    sync.WaitGroup
-	live    map[int64]*logFile // logs of running deploys
-	changed chan struct{}      // closed and replaced at every transition
+	live    map[int64]*logFile      // logs of running deploys
+	watch   map[int64]chan struct{} // per active deploy: closed at its next change (follow.go)
 
 	// stopCtx ends the status senders; runCtx is the parent of every
 	// deploy's fetch and build (cancelled when the grace period of Shutdown
@@ -157,7 +157,7 @@ func New(opts Options) (*Queue, error) {
 		senders:  map[string]*statusSender{},
 		targets:  map[string]*targetQueue{},
 		live:     map[int64]*logFile{},
-		changed:  make(chan struct{}),
+		watch:    map[int64]chan struct{}{},
 
 		pruneEvery: opts.PruneEvery,
 		pruneBatch: pruneBatch,
@@ -666,8 +666,8 @@ func (q *Queue) dispatchLocked() {
 			tq.running = nil
 			q.active--
 			// Log followers wait for the deploy to be done with, not only
-			// ended: wake them now rather than at their next poll.
-			q.broadcastLocked()
+			// ended: its log is closed and whole now.
+			q.wakeLocked(d.ID)
 			q.dispatchLocked()
 			q.mu.Unlock()
 		}(next)
@@ -799,7 +799,7 @@ func (q *Queue) announce(d *Deploy, from State, post bool) {
 	if post {
 		q.notify(d)
 	}
-	q.broadcastLocked()
+	q.wakeLocked(d.ID)
 	q.log.Info("deploy state changed", "target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA),
 		"from", from, "state", d.State)
 	if q.observer != nil {
@@ -875,12 +875,6 @@ func (q *Queue) statusPosted(id int64) {
 	if err := q.store.MarkStatusPosted(ctx, id); err != nil {
 		q.log.Warn("commit status delivery not recorded", "deploy_id", id, "err", err)
 	}
-}
-
-// broadcastLocked wakes everyone waiting on q.changed; the caller holds q.mu.
-func (q *Queue) broadcastLocked() {
-	close(q.changed)
-	q.changed = make(chan struct{})
 }
 
 // resetCache drops the build cache of a target whose build was cut short.

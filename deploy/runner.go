@@ -44,6 +44,7 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 	}
 	q.mu.Lock()
 	q.live[d.ID] = lf
+	q.wakeLocked(d.ID) // its followers now wait for its log too
 	q.mu.Unlock()
 	defer func() {
 		if err := lf.Close(); err != nil {

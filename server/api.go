@@ -7,10 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -186,15 +184,16 @@ func (s *Server) listDeploys(c *fiber.Ctx) error {
 
 // deployLog answers GET /api/deploys/{id}/log with the deploy's log as
 // text; with ?follow=1 it keeps the answer open and streams what is added
-// until the deploy ends, the client goes away or the server shuts down.
+// until the deploy ends, the client goes away or the server shuts down
+// (events.go: how a stream waits, notices a client that hung up, and how
+// many may follow).
 //
 // The body is written after the handler returns, by a stream writer.
 // fasthttp sets the connection's write deadline (the server's WriteTimeout)
 // once, just before it writes an answer, so a follow that outlasts it would
 // be cut off: the stream moves the deadline ahead before each piece it
 // writes, which bounds each piece instead of the whole answer. A client
-// that stops reading is still cut off after WriteTimeout; one that hangs up
-// is noticed at the next piece (at the latest when the deploy ends).
+// that stops reading is still cut off after WriteTimeout.
 func (s *Server) deployLog(c *fiber.Ctx) error {
 	id, err := deployID(c)
 	if err != nil {
@@ -216,9 +215,9 @@ func (s *Server) deployLog(c *fiber.Ctx) error {
 	} else if err != nil {
 		return s.writeError(c, s.log, err)
 	}
-	streamCtx, done, ok := s.streams.start()
-	if !ok {
-		return s.writeError(c, s.log, deploy.ErrClosed)
+	streamCtx, done, err := s.streams.start(id, follow)
+	if err != nil {
+		return s.refuseStream(c, id, err)
 	}
 
 	c.Set(fiber.HeaderContentType, "text/plain; charset=utf-8")
@@ -228,130 +227,33 @@ func (s *Server) deployLog(c *fiber.Ctx) error {
 	if follow {
 		// Reverse proxies such as nginx would otherwise buffer the stream.
 		c.Set("X-Accel-Buffering", "no")
+		closeAfterStream(c)
 	}
 	// Taken now: neither fiber's nor fasthttp's context may be used once
 	// the handler has returned.
-	out := &deadlineWriter{conn: c.Context().Conn(), timeout: s.app.Server().WriteTimeout}
+	conn := c.Context().Conn()
+	out := &deadlineWriter{conn: conn, timeout: s.app.Server().WriteTimeout}
 	log := s.log.With("deploy_id", id, "follow", follow)
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer done()
 		out.w = w
-		err := s.operator.WriteLog(streamCtx, id, out, follow)
+		ctx, stop := streamCtx, func() {}
+		if follow {
+			ctx, stop = watchHangUp(streamCtx, conn)
+		}
+		err := s.operator.WriteLog(ctx, id, out, follow)
+		stop()
 		// fasthttp writes the end of the answer once this returns: give
 		// that a deadline of its own too.
 		out.extend()
 		switch {
-		case err != nil && out.failed:
+		case errors.Is(context.Cause(ctx), errClientGone) || (err != nil && out.failed):
 			log.Debug("log stream ended: the client went away", "err", err)
 		case err != nil:
 			log.Warn("log stream cut short", "err", err)
 		}
 	})
 	return nil
-}
-
-// deadlineWriter is what a log stream writes to: fasthttp's buffered body
-// writer, whose pieces fasthttp copies to the connection. Before each write
-// and flush it moves the connection's write deadline timeout ahead (see
-// deployLog).
-type deadlineWriter struct {
-	w       *bufio.Writer
-	conn    net.Conn
-	timeout time.Duration // the server's WriteTimeout; 0: none
-	failed  bool          // a write or flush to the client failed
-}
-
-// Write implements io.Writer.
-func (d *deadlineWriter) Write(p []byte) (int, error) {
-	d.extend()
-	n, err := d.w.Write(p)
-	if err != nil {
-		d.failed = true
-	}
-	return n, err
-}
-
-// Flush sends what is buffered; WriteLog calls it after each piece.
-func (d *deadlineWriter) Flush() error {
-	d.extend()
-	if err := d.w.Flush(); err != nil {
-		d.failed = true
-		return err
-	}
-	return nil
-}
-
-func (d *deadlineWriter) extend() {
-	if d.timeout > 0 {
-		// An error means the connection is closed; the write that
-		// follows reports it.
-		_ = d.conn.SetWriteDeadline(time.Now().Add(d.timeout))
-	}
-}
-
-// streams keeps track of the log streams, which run after their handler
-// has returned: Shutdown ends them (they would otherwise keep their
-// connection busy until their deploy ends) and waits for them.
-type streams struct {
-	ctx    context.Context
-	cancel context.CancelFunc
-	mu     sync.Mutex
-	closed bool
-	n      int // streams running
-	wg     sync.WaitGroup
-}
-
-func newStreams() *streams {
-	ctx, cancel := context.WithCancel(context.Background())
-	return &streams{ctx: ctx, cancel: cancel}
-}
-
-// start registers a new stream and returns the context it runs under and
-// the func to call when it ends; ok is false once stop was called.
-func (st *streams) start() (ctx context.Context, done func(), ok bool) {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if st.closed {
-		return nil, nil, false
-	}
-	st.wg.Add(1)
-	st.n++
-	return st.ctx, func() {
-		st.mu.Lock()
-		st.n--
-		st.mu.Unlock()
-		st.wg.Done()
-	}, true
-}
-
-// count returns how many streams run, for tests.
-func (st *streams) count() int {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	return st.n
-}
-
-// stop ends every stream and refuses new ones.
-func (st *streams) stop() {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	st.closed = true
-	st.cancel()
-}
-
-// wait waits until every stream has ended, or ctx ends.
-func (st *streams) wait(ctx context.Context) error {
-	ended := make(chan struct{})
-	go func() {
-		st.wg.Wait()
-		close(ended)
-	}()
-	select {
-	case <-ended:
-		return nil
-	case <-ctx.Done():
-		return errors.New("log streams still running")
-	}
 }
 
 // targetParam returns the {name} of a /api/targets/{name}/... request, or a

@@ -67,6 +67,13 @@ func tooManyRequests(format string, args ...any) error {
 // (421 Misdirected Request).
 func misdirected(msg string) error { return &requestError{http.StatusMisdirectedRequest, msg} }
 
+// unavailable makes the answer to a request the server has no room for now
+// (503): a bound on what it serves at once, shared by every client, was
+// reached. (429 is for one client's own rate.)
+func unavailable(format string, args ...any) error {
+	return &requestError{http.StatusServiceUnavailable, fmt.Sprintf(format, args...)}
+}
+
 // ignored returns an *IgnoredError with the given reason.
 func ignored(format string, args ...any) error {
 	return &IgnoredError{Reason: fmt.Sprintf(format, args...)}

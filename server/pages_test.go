@@ -54,6 +54,12 @@ type pageRigOptions struct {
 	trusted []netip.Prefix
 	// metrics, if not nil, serves /metrics.
 	metrics http.Handler
+	// noSandbox builds without nix's sandbox, so that a build can wait at
+	// a testenv.Gate.
+	noSandbox bool
+	// streamsPerDeploy and streams, if not zero, replace the limits of
+	// following log streams.
+	streamsPerDeploy, streams int
 }
 
 // pageRig is a running Server over a real deploy queue.
@@ -107,6 +113,9 @@ func newPageRig(t *testing.T, o pageRigOptions) *pageRig {
 			BuildTimeout: time.Minute, WebhookSecret: "hook-secret", StatusContext: "flakeship/app",
 		}},
 	}
+	if o.noSandbox {
+		r.cfg.NixFlags = append(r.cfg.NixFlags, testenv.NoSandbox...)
+	}
 	r.log = slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	r.store, r.queue = queuetest.Start(t, r.cfg, r.log, queuetest.Options{Grace: pageDeadline})
 	r.serve(r.cfg)
@@ -133,6 +142,12 @@ func (r *pageRig) serve(cfg *config.Config) {
 		Now: r.opts.now, Metrics: r.opts.metrics})
 	if r.opts.writeTimeout > 0 {
 		r.srv.app.Server().WriteTimeout = r.opts.writeTimeout
+	}
+	if r.opts.streamsPerDeploy > 0 {
+		r.srv.streams.perDeploy = r.opts.streamsPerDeploy
+	}
+	if r.opts.streams > 0 {
+		r.srv.streams.total = r.opts.streams
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -76,7 +76,7 @@ type Server struct {
 	readTimeout time.Duration
 	app         *fiber.App
 	// authFailures counts wrong tokens per client (auth.go); streams are
-	// the log streams that outlive their handler (api.go).
+	// the log streams that outlive their handler (events.go).
 	authFailures *failureLimiter
 	streams      *streams
 	// sessions keeps the pages' sessions; adminPrint and readPrint are
@@ -124,7 +124,7 @@ func New(opts Options) *Server {
 		s.readTimeout = defaultReadTimeout
 	}
 	s.authFailures = newFailureLimiter(maxAuthFailures, authWindow, maxAuthClients, s.now)
-	s.streams = newStreams()
+	s.streams = newStreams(maxStreamsPerDeploy, maxStreams)
 	s.app = fiber.New(fiber.Config{
 		// fasthttp refuses a body over the limit from Content-Length,
 		// before reading it, and the ErrorHandler answers 413.
