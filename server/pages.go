@@ -385,7 +385,6 @@ func (t *logTail) text() (string, int64) {
 	return strings.ToValidUTF8(string(b), "\uFFFD"), omitted
 }
 
-
 // pageRedeploy answers POST /deploys/{id}/redeploy: a manual deploy of the
 // same commit, then the new deploy's page.
 func (s *Server) pageRedeploy(c *fiber.Ctx) error {
