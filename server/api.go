@@ -216,9 +216,9 @@ func (s *Server) deployLog(c *fiber.Ctx) error {
 	} else if err != nil {
 		return s.writeError(c, s.log, err)
 	}
-	streamCtx, done, ok := s.streams.start()
-	if !ok {
-		return s.writeError(c, s.log, deploy.ErrClosed)
+	streamCtx, done, err := s.streams.start()
+	if err != nil {
+		return s.refuseStream(c, err)
 	}
 
 	c.Set(fiber.HeaderContentType, "text/plain; charset=utf-8")
@@ -291,28 +291,37 @@ func (d *deadlineWriter) extend() {
 
 // streams keeps track of the log streams, which run after their handler
 // has returned: Shutdown ends them (they would otherwise keep their
-// connection busy until their deploy ends) and waits for them.
+// connection busy until their deploy ends) and waits for them. At most max
+// run at once (Limits.Streams).
 type streams struct {
 	ctx    context.Context
 	cancel context.CancelFunc
+	max    int
 	mu     sync.Mutex
 	closed bool
 	n      int // streams running
 	wg     sync.WaitGroup
 }
 
-func newStreams() *streams {
+// errStreamsBusy is start's error when the most streams run.
+var errStreamsBusy = errors.New("too many log streams at once")
+
+func newStreams(max int) *streams {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &streams{ctx: ctx, cancel: cancel}
+	return &streams{ctx: ctx, cancel: cancel, max: max}
 }
 
 // start registers a new stream and returns the context it runs under and
-// the func to call when it ends; ok is false once stop was called.
-func (st *streams) start() (ctx context.Context, done func(), ok bool) {
+// the func to call when it ends. It returns deploy.ErrClosed once stop was
+// called, errStreamsBusy when the most streams run.
+func (st *streams) start() (ctx context.Context, done func(), err error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.closed {
-		return nil, nil, false
+		return nil, nil, deploy.ErrClosed
+	}
+	if st.n >= st.max {
+		return nil, nil, errStreamsBusy
 	}
 	st.wg.Add(1)
 	st.n++
@@ -321,7 +330,18 @@ func (st *streams) start() (ctx context.Context, done func(), ok bool) {
 		st.n--
 		st.mu.Unlock()
 		st.wg.Done()
-	}, true
+	}, nil
+}
+
+// refuseStream answers a stream that streams.start refused: 503, and for
+// load a Retry-After, the log line being rare (limits.go).
+func (s *Server) refuseStream(c *fiber.Ctx, err error) error {
+	if errors.Is(err, errStreamsBusy) {
+		s.overload.note(s.log, "streams", "stream refused: too many streams at once", "limit", s.limits.Streams)
+		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(busyRetryAfter))
+		return s.writeError(c, s.log, busy("flakeship is busy: too many log streams at once, try again shortly"))
+	}
+	return s.writeError(c, s.log, err)
 }
 
 // count returns how many streams run, for tests.

@@ -566,8 +566,14 @@ func (s *Server) deployEvents(c *fiber.Ctx) error {
 	if err != nil || skip < 0 {
 		skip = 0
 	}
-	streamCtx, done, ok := s.streams.start()
-	if !ok {
+	streamCtx, done, err := s.streams.start()
+	switch {
+	case errors.Is(err, errStreamsBusy):
+		// The EventSource retries after its retry delay.
+		s.overload.note(s.log, "streams", "stream refused: too many streams at once", "limit", s.limits.Streams)
+		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(busyRetryAfter))
+		return plain(http.StatusServiceUnavailable, "flakeship is busy: too many streams at once, try again shortly")
+	case err != nil:
 		return plain(http.StatusServiceUnavailable, "flakeship is shutting down")
 	}
 
