@@ -133,6 +133,8 @@ func New(opts Options) *Server {
 		s.fileLimit = n
 		s.limits = LimitsFor(n, s.cfg.MaxParallel)
 	}
+	s.log.Info("connection limits", "conns", s.limits.Conns, "conns_per_client", s.limits.ConnsPerClient,
+		"requests", s.limits.Requests, "streams", s.limits.Streams, "open_file_limit", s.fileLimit)
 	s.requests = newGate(s.limits.Requests)
 	s.overload = newRareLog(loadLogEvery, s.now)
 	s.reclaim = newReclaimer()
@@ -192,8 +194,6 @@ func (s *Server) App() *fiber.App { return s.app }
 func (s *Server) Listen(ln net.Listener) error {
 	l := newConnLimiter(ln, s.limits, s.log, s.overload)
 	s.conns.Store(l)
-	s.log.Info("connection limits", "conns", s.limits.Conns, "conns_per_client", s.limits.ConnsPerClient,
-		"requests", s.limits.Requests, "streams", s.limits.Streams, "open_file_limit", s.fileLimit)
 	if err := s.app.Listener(l); err != nil {
 		return fmt.Errorf("serve http: %w", err)
 	}
