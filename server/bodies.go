@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -44,21 +45,18 @@ func (s *Server) requestConfig(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 	if err := uri.Parse(nil, h.RequestURI()); err == nil {
 		limit = s.bodyLimitFor(string(h.Method()), string(uri.PathOriginal()))
 	}
-	if h.ContentLength() == -1 {
-		s.chunked.Store(h, limit)
-	}
 	return fasthttp.RequestConfig{MaxRequestBodySize: limit}
 }
 
-// limitOf returns the body limit of a request refused 413. fasthttp forgets
-// a request's method and path when reading its chunked body fails, so
-// requestConfig remembers the limit of a chunked request until it is
-// answered (here, or by admit).
-func (s *Server) limitOf(c *fiber.Ctx) int {
-	if v, ok := s.chunked.LoadAndDelete(&c.Request().Header); ok {
-		return v.(int)
+// tooLarge is the message of a 413. A body over its limit by its
+// Content-Length is refused with the request's headers at hand; a chunked
+// body is cut off while it is read, and fasthttp then forgets the request,
+// method and path included, so its message names both limits.
+func (s *Server) tooLarge(c *fiber.Ctx) string {
+	if c.Request().Header.ContentLength() > 0 {
+		return fmt.Sprintf("body exceeds %d bytes", s.bodyLimitFor(c.Method(), c.Path()))
 	}
-	return s.bodyLimitFor(c.Method(), c.Path())
+	return fmt.Sprintf("body exceeds the limit: %d bytes for a webhook, %d for any other request", s.bodyLimit, otherBodyLimit)
 }
 
 // bodyLimitFor returns the body limit of a request by its method and path.

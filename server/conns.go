@@ -72,6 +72,7 @@ type connLimiter struct {
 	clients map[netip.Addr]int // open connections by clientOf; loopback is not counted
 	waiting *list.List         // of *limitedConn in connWaiting, longest waiting first
 	reading *list.List         // of *limitedConn in connReading, longest reading first
+	waited  bool               // wait was called: refuse starts no more answers
 }
 
 // refusalAnswer is the whole HTTP answer to a connection refused at accept.
@@ -281,7 +282,15 @@ func (l *connLimiter) refuse(c net.Conn, status int) {
 		c.Close()
 		return
 	}
+	l.mu.Lock()
+	if l.waited {
+		l.mu.Unlock()
+		l.refusing.leave()
+		c.Close()
+		return
+	}
 	l.wg.Add(1)
+	l.mu.Unlock()
 	go func() {
 		defer l.wg.Done()
 		defer l.refusing.leave()
@@ -311,8 +320,12 @@ func (l *connLimiter) Close() error {
 	return l.closeErr
 }
 
-// wait waits, until ctx ends, for the refused connections' answers.
+// wait waits, until ctx ends, for the refused connections' answers; a
+// connection refused from now on is closed without one.
 func (l *connLimiter) wait(ctx context.Context) error {
+	l.mu.Lock()
+	l.waited = true
+	l.mu.Unlock()
 	done := make(chan struct{})
 	go func() {
 		l.wg.Wait()

@@ -153,7 +153,6 @@ type (
 func (s *Server) serverError(fiberHandler func(*fasthttp.RequestCtx, error)) func(*fasthttp.RequestCtx, error) {
 	return func(ctx *fasthttp.RequestCtx, err error) {
 		if takenOver(ctx.Conn()) {
-			s.chunked.Delete(&ctx.Request.Header)
 			s.releaseBody(&ctx.Request)
 			return
 		}
@@ -171,7 +170,7 @@ func (s *Server) handleError(c *fiber.Ctx, err error) error {
 	switch status {
 	case http.StatusRequestEntityTooLarge:
 		// Only webhooks have the configured limit (bodies.go).
-		err = &requestError{status, fmt.Sprintf("body exceeds %d bytes", s.limitOf(c))}
+		err = &requestError{status, s.tooLarge(c)}
 		fallthrough
 	case http.StatusRequestTimeout:
 		// Rarely: every idle connection ends with a 408 (limits.go).

@@ -155,8 +155,6 @@ func (s *Server) admit(c *fiber.Ctx) error {
 		lc.answering()
 	}
 	defer s.releaseBody(c.Request())
-	// A chunked request that reached a handler needs no limit remembered.
-	s.chunked.Delete(&c.Request().Header)
 	if _, hook := hookKind(c.Method(), c.Path()); hook || c.Path() == "/healthz" {
 		return c.Next()
 	}

@@ -319,8 +319,16 @@ func TestAFullServerGivesTheSlowestRequestsPlaceWhenNoneWaits(t *testing.T) {
 		t.Fatalf("delivery to a server full of slow requests: %d %s, want 202", resp.StatusCode, body)
 	}
 	wantClosed(t, slow[0], "the request arriving longest")
-	if n := ls.open(); n != 1 {
-		t.Errorf("%d connections counted after the delivery, want the other slow one", n)
+	// The delivery's connection closes after its answer; the other slow
+	// request stays.
+	ls.waitOpen(t, 1)
+	if _, err := io.WriteString(slow[1], "Content-Length: 0\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := http.ReadResponse(bufio.NewReader(slow[1]), nil); err != nil {
+		t.Errorf("the other slow request: %v", err)
+	} else {
+		resp.Body.Close()
 	}
 }
 
@@ -702,8 +710,9 @@ func TestOnlyWebhooksTakeBodiesOverOneMiB(t *testing.T) {
 		return b.String() + "\r\n"
 	}
 	const (
-		other = `{"error":"body exceeds 1048576 bytes"}`
-		hooks = `{"error":"body exceeds 4194304 bytes"}`
+		other   = `{"error":"body exceeds 1048576 bytes"}`
+		hooks   = `{"error":"body exceeds 4194304 bytes"}`
+		chunked = `{"error":"body exceeds the limit: 4194304 bytes for a webhook, 1048576 for any other request"}`
 	)
 	tests := []struct {
 		name       string
@@ -726,13 +735,16 @@ func TestOnlyWebhooksTakeBodiesOverOneMiB(t *testing.T) {
 		{name: "webhook over its limit", head: hookHead("Content-Length: 5000000"),
 			wantStatus: 413, want: hooks},
 		// A chunked body is cut off at the limit.
-		{name: "chunked login form", head: "POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
-			body: &chunks{n: -1}, wantStatus: 413, want: other},
+		{name: "chunked login form of 2 MiB", head: "POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+			body: io.MultiReader(&chunks{n: 256}, strings.NewReader("0\r\n\r\n")), wantStatus: 413, want: chunked},
 		{name: "chunked webhook over its limit", head: hookHead("Transfer-Encoding: chunked"),
-			body: &chunks{n: -1}, wantStatus: 413, want: hooks},
+			body: &chunks{n: -1}, wantStatus: 413, want: chunked},
 		// A webhook's body up to its limit is read.
 		{name: "webhook of 2 MiB", head: hookHead(fmt.Sprintf("Content-Length: %d", len(padded))),
 			body: bytes.NewReader(padded), wantStatus: 202},
+		// The same delivery, chunked: read, verified, and found a duplicate.
+		{name: "chunked webhook of 2 MiB", head: hookHead("Transfer-Encoding: chunked"),
+			body: strings.NewReader(fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(padded), padded)), wantStatus: 200},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -742,8 +754,8 @@ func TestOnlyWebhooksTakeBodiesOverOneMiB(t *testing.T) {
 			}
 		})
 	}
-	if n := len(d.Calls()); n != 1 {
-		t.Errorf("%d deploys submitted, want the one of the 2 MiB webhook", n)
+	if n := len(d.Calls()); n != 2 {
+		t.Errorf("%d deploys submitted, want the two of the 2 MiB webhooks", n)
 	}
 }
 

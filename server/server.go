@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -91,9 +90,6 @@ type Server struct {
 	overload  *rareLog
 	conns     atomic.Pointer[connLimiter]
 	reclaim   *reclaimer
-	// chunked holds the body limit of each chunked request being read, by
-	// its *fasthttp.RequestHeader (bodies.go).
-	chunked sync.Map
 }
 
 // New builds the server and its routes. It does not listen: call Listen.
