@@ -290,7 +290,13 @@ func (a *app) start() *flakeship {
 func startFlakeship(t *testing.T, env []string) *flakeship {
 	t.Helper()
 	bin, _ := binaries(t)
-	cmd := exec.Command(bin)
+	return startFlakeshipCmd(t, exec.Command(bin), env)
+}
+
+// startFlakeshipCmd is startFlakeship for a command that runs the binary,
+// itself or through a program that execs it (prlimit).
+func startFlakeshipCmd(t *testing.T, cmd *exec.Cmd, env []string) *flakeship {
+	t.Helper()
 	cmd.Env = env
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

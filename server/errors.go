@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
 
 	"github.com/flakeship/flakeship/deploy"
 )
@@ -156,14 +158,35 @@ type (
 	}
 )
 
+// serverError is fasthttp's ErrorHandler, in front of fiber's: a request
+// whose connection was closed to make room for another (conns.go) has
+// nobody to answer, and no cause to log.
+func (s *Server) serverError(fiberHandler func(*fasthttp.RequestCtx, error)) func(*fasthttp.RequestCtx, error) {
+	return func(ctx *fasthttp.RequestCtx, err error) {
+		if takenOver(ctx.Conn()) {
+			s.releaseBody(&ctx.Request)
+			return
+		}
+		fiberHandler(ctx, err)
+	}
+}
+
 // handleError is fiber's ErrorHandler: errors returned by handlers and those
 // fasthttp meets before a handler runs (body too large, read timeout,
 // unparsable request) all go through httpError.
 func (s *Server) handleError(c *fiber.Ctx, err error) error {
+	// A body cut off by a timeout may have its whole buffer.
+	defer s.releaseBody(c.Request())
 	status, _, _ := s.httpError(err)
 	switch status {
-	case http.StatusRequestEntityTooLarge, http.StatusRequestTimeout:
-		s.log.Warn("request rejected", "method", c.Method(), "path", c.Path(), "status", status)
+	case http.StatusRequestEntityTooLarge:
+		// Only webhooks have the configured limit (bodies.go).
+		err = &requestError{status, s.tooLarge(c)}
+		fallthrough
+	case http.StatusRequestTimeout:
+		// Rarely: every idle connection ends with a 408 (limits.go).
+		s.overload.note(s.log, "rejected "+strconv.Itoa(status), "request rejected",
+			"method", clip(c.Method()), "path", clip(c.Path()), "status", status)
 	}
 	if kind, ok := hookKind(c.Method(), c.Path()); ok {
 		s.observeDelivery(kind, status)

@@ -444,7 +444,12 @@ func TestHostileDeliveriesStoreAndStartNothing(t *testing.T) {
 			if status != http.StatusRequestEntityTooLarge {
 				t.Errorf("answered %d %s, want 413", status, body)
 			}
-			wantHostileAnswer(t, body, errorIs(fmt.Sprintf("body exceeds %d bytes", hostileBodyLimit)))
+			want := fmt.Sprintf("body exceeds %d bytes", hostileBodyLimit)
+			if chunked {
+				// fasthttp forgets a request whose chunked body it cuts off.
+				want = fmt.Sprintf("body exceeds the limit: %d bytes for a webhook, %d for any other request", hostileBodyLimit, otherBodyLimit)
+			}
+			wantHostileAnswer(t, body, errorIs(want))
 			r.wantNothingStored(t, before)
 		})
 	}

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -61,6 +62,10 @@ type Options struct {
 	// ReadTimeout is how long a whole request may take to arrive; zero
 	// means 10 s, what DESIGN.md promises. Tests shorten it.
 	ReadTimeout time.Duration
+	// Limits bound the connections, requests and streams served at once
+	// (limits.go); zero means derived from the process's open-file limit
+	// by LimitsFor.
+	Limits Limits
 }
 
 // Server is flakeship's HTTP server.
@@ -90,6 +95,16 @@ type Server struct {
 	// forwardedWarning is spent on the first X-Forwarded-For seen while
 	// no proxy is trusted (auth.go).
 	forwardedWarning sync.Once
+	// limits and what enforces them (limits.go, conns.go): requests counts
+	// page, API and metrics requests; overload logs load events rarely;
+	// conns is the listener, once Listen has wrapped it; reclaim gives
+	// large bodies' memory back (bodies.go).
+	limits    Limits
+	fileLimit uint64 // RLIMIT_NOFILE the limits were derived from; 0 if given
+	requests  *gate
+	overload  *rareLog
+	conns     atomic.Pointer[connLimiter]
+	reclaim   *reclaimer
 }
 
 // New builds the server and its routes. It does not listen: call Listen.
@@ -124,10 +139,27 @@ func New(opts Options) *Server {
 		s.readTimeout = defaultReadTimeout
 	}
 	s.authFailures = newFailureLimiter(maxAuthFailures, authWindow, maxAuthClients, s.now)
-	s.streams = newStreams(maxStreamsPerDeploy, maxStreams)
+	s.limits = opts.Limits
+	if s.limits == (Limits{}) {
+		n, err := openFileLimit()
+		if err != nil {
+			// Linux always answers; a conservative guess otherwise.
+			s.log.Warn("connection limits assume 1024 open files", "err", err)
+			n = 1024
+		}
+		s.fileLimit = n
+		s.limits = LimitsFor(n, s.cfg.MaxParallel)
+	}
+	s.log.Info("connection limits", "conns", s.limits.Conns, "conns_per_client", s.limits.ConnsPerClient,
+		"requests", s.limits.Requests, "streams", s.limits.Streams, "open_file_limit", s.fileLimit)
+	s.requests = newGate(s.limits.Requests)
+	s.overload = newRareLog(loadLogEvery, s.now)
+	s.reclaim = newReclaimer()
+	s.streams = newStreams(maxStreamsPerDeploy, min(maxStreams, s.limits.Streams))
 	s.app = fiber.New(fiber.Config{
 		// fasthttp refuses a body over the limit from Content-Length,
-		// before reading it, and the ErrorHandler answers 413.
+		// before reading it, and the ErrorHandler answers 413. This is the
+		// webhooks' limit; requestConfig sets every other request's.
 		BodyLimit:             s.bodyLimit,
 		ReadTimeout:           s.readTimeout,
 		WriteTimeout:          writeTimeout,
@@ -138,6 +170,11 @@ func New(opts Options) *Server {
 		DisablePreParseMultipartForm: true,
 		ErrorHandler:                 s.handleError,
 	})
+	// Chosen per request once its headers are read (bodies.go), and how
+	// far each connection is (conns.go).
+	s.app.Server().HeaderReceived = s.requestConfig
+	s.app.Server().ConnState = connState
+	s.app.Server().ErrorHandler = s.serverError(s.app.Server().ErrorHandler)
 	s.routes(s.app)
 	return s
 }
@@ -148,6 +185,7 @@ func (s *Server) routes(app *fiber.App) {
 	app.Use(recover.New())
 	// Pages and API answer only to this server's own host names (host.go).
 	app.Use(s.checkHost)
+	app.Use(s.admit)
 
 	app.Post("/hooks/github", s.hook(forge.GitHub, githubHeaderNames, githubHeaders, parseGitHub))
 	forgejo := s.hook(forge.Forgejo, forgejoHeaderNames, forgejoHeaders, parseForgejo)
@@ -171,9 +209,11 @@ func (s *Server) routes(app *fiber.App) {
 // App returns the fiber app, for tests and for routes added before Listen.
 func (s *Server) App() *fiber.App { return s.app }
 
-// Listen serves on ln until Shutdown.
+// Listen serves on ln until Shutdown, within the connection limits.
 func (s *Server) Listen(ln net.Listener) error {
-	if err := s.app.Listener(ln); err != nil {
+	l := newConnLimiter(ln, s.limits, s.log, s.overload)
+	s.conns.Store(l)
+	if err := s.app.Listener(l); err != nil {
 		return fmt.Errorf("serve http: %w", err)
 	}
 	return nil
@@ -188,7 +228,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if err := s.app.ShutdownWithContext(ctx); err != nil {
 		return fmt.Errorf("shut down http: %w", err)
 	}
-	return s.streams.wait(ctx)
+	var errs []error
+	if l := s.conns.Load(); l != nil {
+		errs = append(errs, l.wait(ctx))
+	}
+	errs = append(errs, s.streams.wait(ctx), s.reclaim.shutdown(ctx))
+	return errors.Join(errs...)
 }
 
 // headersFunc returns a delivery's event and delivery id (githubHeaders,
@@ -223,13 +268,13 @@ func (s *Server) observeDelivery(kind forge.Kind, status int) {
 }
 
 // hookKind returns the forge of a webhook delivery by its method and path,
-// matched as fiber routes them (any case, optional trailing slash); ok is
+// matched as fiber routes them (any case, optional trailing slashes); ok is
 // false for any other request.
 func hookKind(method, path string) (kind forge.Kind, ok bool) {
 	if method != http.MethodPost {
 		return "", false
 	}
-	switch strings.TrimSuffix(strings.ToLower(path), "/") {
+	switch strings.TrimRight(strings.ToLower(path), "/") {
 	case "/hooks/github":
 		return forge.GitHub, true
 	case "/hooks/forgejo", "/hooks/gitea":
