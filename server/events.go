@@ -188,7 +188,8 @@ var errClientGone = errors.New("the client went away")
 // streams.start): 503 with a Retry-After, as JSON.
 func (s *Server) refuseStream(c *fiber.Ctx, id int64, err error) error {
 	c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int(streamRetryAfter/time.Second)))
-	s.log.Warn("log stream refused", "deploy_id", id, "client", c.IP(), "err", err)
+	// A flood of refused streams is logged at most once per interval.
+	s.overload.note(s.log, "streams", "log stream refused", "deploy_id", id, "err", err)
 	return s.writeError(c, s.log, err)
 }
 

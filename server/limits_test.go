@@ -599,13 +599,14 @@ func TestBusyPagesAndStreamsLeaveRoomForDeliveries(t *testing.T) {
 
 	busy := []struct {
 		path, want, contentType string
+		retryAfter              string // "" means "1"
 	}{
 		{path: "/api/deploys", contentType: "application/json",
 			want: `{"error":"flakeship is busy: too many requests at once, try again shortly"}`},
 		{path: "/", contentType: "application/json",
 			want: `{"error":"flakeship is busy: too many requests at once, try again shortly"}`},
-		{path: "/api/deploys/1/log?follow=1", contentType: "application/json",
-			want: `{"error":"flakeship is busy: too many log streams at once, try again shortly"}`},
+		{path: "/api/deploys/1/log?follow=1", contentType: "application/json", retryAfter: "10",
+			want: `{"error":"flakeship has 1 log streams open, the most it serves: try again later"}`},
 	}
 	for _, b := range busy {
 		if b.path == "/api/deploys/1/log?follow=1" {
@@ -617,8 +618,12 @@ func TestBusyPagesAndStreamsLeaveRoomForDeliveries(t *testing.T) {
 			}
 		}
 		c := ls.dialUncounted(t)
-		resp, body := roundTrip(t, c, []byte("GET "+b.path+" HTTP/1.1\r\nHost: x\r\n\r\n"))
-		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" ||
+		retryAfter := b.retryAfter
+		if retryAfter == "" {
+			retryAfter = "1"
+		}
+		resp, body := roundTrip(t, c, []byte("GET "+b.path+" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != retryAfter ||
 			!strings.HasPrefix(resp.Header.Get("Content-Type"), b.contentType) || body != b.want {
 			t.Errorf("GET %s: %d %v %s, want 503 with Retry-After and %s", b.path, resp.StatusCode, resp.Header, body, b.want)
 		}
@@ -633,11 +638,11 @@ func TestBusyPagesAndStreamsLeaveRoomForDeliveries(t *testing.T) {
 			}
 		}
 	}
-	// The page's event stream is refused too, in text.
+	// The page's event stream is refused too.
 	c := ls.dialUncounted(t)
-	resp, body := roundTrip(t, c, []byte("GET /deploys/1/events HTTP/1.1\r\nHost: x\r\n\r\n"))
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" ||
-		body != "flakeship is busy: too many streams at once, try again shortly\n" {
+	resp, body := roundTrip(t, c, []byte("GET /deploys/1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "10" ||
+		body != `{"error":"flakeship has 1 log streams open, the most it serves: try again later"}` {
 		t.Errorf("event stream beyond the limit: %d %v %q", resp.StatusCode, resp.Header, body)
 	}
 }
