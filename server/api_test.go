@@ -262,21 +262,7 @@ func serve(t *testing.T, srv *Server) string {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Listen(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), answerDeadline)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("Listen: %v", err)
-			}
-		case <-ctx.Done():
-			t.Error("Listen did not return after Shutdown")
-		}
-	})
+	t.Cleanup(func() { shutdownAndWait(t, srv, served) })
 	addr := ln.Addr().String()
 	// Serving once means Listen has started before anything can stop it.
 	waitUntil(t, answerDeadline, func() bool {

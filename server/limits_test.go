@@ -160,21 +160,7 @@ func startLimited(t *testing.T, opts Options, wrap func(net.Listener) net.Listen
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Listen(served) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), answerDeadline)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Listen: %v", err)
-			}
-		case <-ctx.Done():
-			t.Error("Listen did not return after Shutdown")
-		}
-	})
+	t.Cleanup(func() { shutdownAndWait(t, srv, done) })
 	if status := ls.get(t, "/healthz"); status != http.StatusOK {
 		t.Fatalf("healthz: %d", status)
 	}
@@ -506,19 +492,7 @@ func TestShutdownEndsTheWaitAfterAFailedAccept(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- srv.Listen(&failingListener{Listener: ln, fails: -1}) }()
 	waitUntil(t, answerDeadline, func() bool { return srv.conns.Load() != nil }, "Listen never started")
-	ctx, cancel := context.WithTimeout(context.Background(), answerDeadline)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		t.Errorf("Shutdown: %v", err)
-	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Listen: %v", err)
-		}
-	case <-ctx.Done():
-		t.Fatal("Listen did not return after Shutdown")
-	}
+	shutdownAndWait(t, srv, done)
 }
 
 // holdingOperator is an Operator whose Targets waits until release is

@@ -130,19 +130,7 @@ func newTestServer(t *testing.T, opts Options) *testServer {
 	}
 	t.Cleanup(func() {
 		transport.CloseIdleConnections()
-		ctx, cancel := context.WithTimeout(context.Background(), answerDeadline)
-		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("Listen: %v", err)
-			}
-		case <-ctx.Done():
-			t.Error("Listen did not return after Shutdown")
-		}
+		shutdownAndWait(t, s, served)
 	})
 	// Serving once means Listen has started before anything can stop it.
 	if status, _ := ts.do(t, http.MethodGet, "/healthz", nil, nil); status != http.StatusOK {
@@ -560,5 +548,25 @@ func TestLogsNameDeliveriesAndNeverSecrets(t *testing.T) {
 		if strings.Contains(logs, s) {
 			t.Errorf("logs contain the secret or signature %q:\n%s", s, logs)
 		}
+	}
+}
+
+// shutdownAndWait shuts srv down and waits for its Listen, whose result
+// served carries, to return; a failure of either, or a Listen that does not
+// return within answerDeadline, fails t.
+func shutdownAndWait(t *testing.T, srv *Server, served <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), answerDeadline)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Listen: %v", err)
+		}
+	case <-ctx.Done():
+		t.Error("Listen did not return after Shutdown")
 	}
 }
