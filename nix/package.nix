@@ -10,20 +10,12 @@ buildGoModule {
   pname = "flakeship";
   inherit version;
 
-  # Only what the build reads: Go files (tests too, since `go mod vendor`
-  # vendors their imports and vendorHash must match), the module files, and
-  # what the code embeds. Editing docs, scripts or nix files rebuilds nothing.
-  src = lib.fileset.toSource {
-    root = ../.;
-    fileset = lib.fileset.unions [
-      ../go.mod
-      ../go.sum
-      (lib.fileset.fileFilter (file: file.hasExt "go") ../.)
-      ../store/migrations
-      (lib.fileset.maybeMissing ../server/templates)
-      (lib.fileset.maybeMissing ../server/static)
-    ];
-  };
+  # Only what the build and the flake's `go` check read (see the file):
+  # Go files, the module files, what the code embeds and every testdata
+  # directory. Editing docs, scripts or nix files rebuilds nothing.
+  # Builtins only, so scripts/check-src tests this very source without
+  # nixpkgs.
+  src = import ./source.nix { };
 
   # The NAR hash of the directory `go mod vendor` writes. scripts/check-nix
   # recomputes it offline and fails, printing the right value, when go.mod
