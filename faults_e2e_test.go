@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flakeship/flakeship/internal/testenv"
 )
 
 // The fault tests break one real part at a time under a running flakeship:
@@ -511,7 +513,7 @@ func mountTmpfs(t *testing.T, dir string, size int) {
 	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d,mode=0700", size), "tmpfs", dir).CombinedOutput()
 	if err != nil {
 		msg := fmt.Sprintf("mount a tmpfs for a full disk: %v: %s (run as root under scripts/with-systemd)", err, bytes.TrimSpace(out))
-		if strings.Contains(os.Getenv("FLAKESHIP_TEST_REQUIRE"), "systemd") {
+		if testenv.Required("systemd") {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)

@@ -26,14 +26,18 @@ func Require(t testing.TB, parts ...string) {
 		if why == "" {
 			continue
 		}
-		if required(p) {
+		if Required(p) {
 			t.Fatalf("%s is required (FLAKESHIP_TEST_REQUIRE) but %s; run the tests with scripts/test, which installs and starts it", p, why)
 		}
 		t.Skipf("skipping: %s (run scripts/test to run this test)", why)
 	}
 }
 
-func required(part string) bool {
+// Required says whether FLAKESHIP_TEST_REQUIRE lists part: one of its
+// comma-separated entries is part exactly, or "all". A test that sets up
+// what a part stands for itself (a mount under scripts/with-systemd, say)
+// uses it to fail rather than skip when the part is required.
+func Required(part string) bool {
 	for _, r := range strings.Split(os.Getenv("FLAKESHIP_TEST_REQUIRE"), ",") {
 		if r = strings.TrimSpace(r); r == part || r == "all" {
 			return true
