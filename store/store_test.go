@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -687,6 +689,7 @@ func TestOpenFailsWhereItCannotCreateTheFile(t *testing.T) {
 		name     string
 		setup    func(t *testing.T) string
 		wantText string
+		asNobody bool // as root, open in a child process run as nobody
 	}{
 		{"a parent is a file", func(t *testing.T) string {
 			file := filepath.Join(t.TempDir(), "file")
@@ -694,27 +697,40 @@ func TestOpenFailsWhereItCannotCreateTheFile(t *testing.T) {
 				t.Fatal(err)
 			}
 			return filepath.Join(file, "state", "flakeship.db")
-		}, "not a directory"},
+		}, "not a directory", false},
 		{"the path is a directory", func(t *testing.T) string {
 			return t.TempDir()
-		}, "is a directory"},
+		}, "is a directory", false},
 		{"the directory is read-only", func(t *testing.T) string {
-			if os.Geteuid() == 0 {
-				t.Skip("root writes into read-only directories")
+			// Readable and searchable by all, writable by none: root
+			// ignores the mode, so as root nobody opens it (openAsNobody),
+			// and for that the test's directories are made searchable.
+			base := t.TempDir()
+			for _, d := range []string{filepath.Dir(base), base} {
+				if err := os.Chmod(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
 			}
-			dir := filepath.Join(t.TempDir(), "ro")
-			if err := os.Mkdir(dir, 0o500); err != nil {
+			dir := filepath.Join(base, "ro")
+			if err := os.Mkdir(dir, 0o555); err != nil {
 				t.Fatal(err)
 			}
 			return filepath.Join(dir, "flakeship.db")
-		}, "permission denied"},
+		}, "permission denied", true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			path := tc.setup(t)
-			s, err := Open(context.Background(), path, nil)
+			var err error
+			if tc.asNobody && os.Geteuid() == 0 {
+				err = openAsNobody(t, filepath.Dir(filepath.Dir(path)), path)
+			} else {
+				var s *Store
+				if s, err = Open(context.Background(), path, nil); err == nil {
+					s.Close()
+				}
+			}
 			if err == nil {
-				s.Close()
 				t.Fatalf("Open(%s) succeeded", path)
 			}
 			if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), tc.wantText) {
@@ -722,6 +738,59 @@ func TestOpenFailsWhereItCannotCreateTheFile(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openAsNobodyEnv names the path a copy of this test binary opens as the
+// user nobody and exits (see TestMain and openAsNobody).
+const openAsNobodyEnv = "FLAKESHIP_STORE_TEST_OPEN_AS_NOBODY"
+
+// TestMain runs the tests, or, in a child started by openAsNobody, opens
+// the store at the path openAsNobodyEnv names: it exits 0 if Open
+// succeeded, or prints Open's error and exits 1.
+func TestMain(m *testing.M) {
+	if path := os.Getenv(openAsNobodyEnv); path != "" {
+		s, err := Open(context.Background(), path, nil)
+		if err != nil {
+			fmt.Print(err)
+			os.Exit(1)
+		}
+		s.Close()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// openAsNobody opens the store at path in a copy of this test binary run
+// as the unprivileged user nobody (uid and gid 65534), and returns Open's
+// error: root writes into read-only directories, nobody does not. The copy
+// goes in dir, which nobody must be able to search.
+func openAsNobody(t *testing.T, dir, path string) error {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "store.test")
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^$")
+	cmd.Env = []string{openAsNobodyEnv + "=" + path}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &exit) && exit.ExitCode() == 1:
+		return errors.New(string(out))
+	}
+	t.Fatalf("open %s as nobody: %v: %s", path, err, out)
+	return nil
 }
 
 // rawDB opens the database at path without the store's settings, closed
