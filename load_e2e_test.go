@@ -37,8 +37,10 @@ func loadSize(t *testing.T, name string, def int) int {
 // and bad signatures mixed in. Afterwards every delivery answered 202 is
 // stored exactly once, each target runs its newest commit, no status is
 // left pending, and the server's goroutines are back to their idle count.
-// FLAKESHIP_LOAD_DELIVERIES and FLAKESHIP_LOAD_CONNS size it (scripts/test
-// keeps it small; scripts/soak runs 2,000 from 64 connections).
+// FLAKESHIP_LOAD_DELIVERIES and FLAKESHIP_LOAD_CONNS size it (300 from 16
+// connections by default; README's Hardening section runs 2,000 from 64:
+// FLAKESHIP_LOAD_DELIVERIES=2000 FLAKESHIP_LOAD_CONNS=64 scripts/test -run
+// TestLoadLosesNothing .).
 func TestLoadLosesNothing(t *testing.T) {
 	testenv.Require(t, "git", "nix")
 	total := loadSize(t, "FLAKESHIP_LOAD_DELIVERIES", 300)
@@ -100,17 +102,20 @@ func TestLoadLosesNothing(t *testing.T) {
 		id     string
 		target *target
 		bad    bool
+		resend int // for a redelivery, the index in plan of its first sending; -1 otherwise
 	}
 	var plan []sent
 	for i := 0; i < total; i++ {
 		tg := targets[i%len(targets)]
 		switch {
 		case i%10 == 9 && len(plan) > 5:
-			plan = append(plan, plan[i-5])
+			again := plan[i-5]
+			again.resend = i - 5
+			plan = append(plan, again)
 			continue
 		case i%13 == 12:
 			d := pushDelivery(t, tg.kind, tg.repo, "main", tg.shas[0], tg.shas[1], fmt.Sprintf("bad-%d", i), "not-the-secret")
-			plan = append(plan, sent{d: d, id: fmt.Sprintf("bad-%d", i), target: tg, bad: true})
+			plan = append(plan, sent{d: d, id: fmt.Sprintf("bad-%d", i), target: tg, bad: true, resend: -1})
 			continue
 		}
 		n := i * commits / total
@@ -122,7 +127,7 @@ func TestLoadLosesNothing(t *testing.T) {
 			before = tg.shas[n-1]
 		}
 		id := fmt.Sprintf("load-%s-%d", tg.name, i)
-		plan = append(plan, sent{d: pushDelivery(t, tg.kind, tg.repo, "main", before, tg.shas[n], id, tg.secret), id: id, target: tg})
+		plan = append(plan, sent{d: pushDelivery(t, tg.kind, tg.repo, "main", before, tg.shas[n], id, tg.secret), id: id, target: tg, resend: -1})
 	}
 
 	// Warm up: one deploy per target, so that connections a working
@@ -138,10 +143,20 @@ func TestLoadLosesNothing(t *testing.T) {
 		Transport: &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns},
 	}
 	type answer struct {
-		code     int
-		deployID int64
+		code      int
+		deployID  int64
+		duplicate bool
+		ignored   string
 	}
 	answers := make([]answer, len(plan))
+	// A redelivery is sent only once its first sending has its answer, so
+	// that the first sending of every id is the first to reach the server
+	// and must be the one answered 202. The first sending was handed to a
+	// worker before the redelivery, so waiting on it cannot deadlock.
+	answered := make([]chan struct{}, len(plan))
+	for i := range answered {
+		answered[i] = make(chan struct{})
+	}
 	work := make(chan int)
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -151,20 +166,27 @@ func TestLoadLosesNothing(t *testing.T) {
 			defer wg.Done()
 			for i := range work {
 				s := plan[i]
+				if s.resend >= 0 {
+					<-answered[s.resend]
+				}
 				req, _ := http.NewRequest(http.MethodPost, f.base+s.d.path, bytes.NewReader(s.d.body))
 				req.Header = s.d.header.Clone()
 				resp, err := client.Do(req)
 				if err != nil {
 					t.Errorf("delivery %d: %v", i, err)
+					close(answered[i])
 					continue
 				}
 				body, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				var a struct {
-					DeployID int64 `json:"deploy_id"`
+					DeployID  int64  `json:"deploy_id"`
+					Duplicate bool   `json:"duplicate"`
+					Ignored   string `json:"ignored"`
 				}
 				json.Unmarshal(body, &a)
-				answers[i] = answer{code: resp.StatusCode, deployID: a.DeployID}
+				answers[i] = answer{code: resp.StatusCode, deployID: a.DeployID, duplicate: a.Duplicate, ignored: a.Ignored}
+				close(answered[i])
 			}
 		}()
 	}
@@ -178,9 +200,9 @@ func TestLoadLosesNothing(t *testing.T) {
 	// them is what must go back to idle.
 	client.CloseIdleConnections()
 
-	// Each delivery id: exactly one 202, every answer naming one deploy.
+	// Each delivery id: its first sending answered 202 with a new deploy,
+	// every resend 200 with "duplicate":true and that same deploy.
 	accepted := map[string]int64{}
-	first := map[string]int64{}
 	var acked, dups, unauthorized int
 	for i, s := range plan {
 		a := answers[i]
@@ -190,22 +212,25 @@ func TestLoadLosesNothing(t *testing.T) {
 				t.Errorf("bad signature %s answered %d, want 401", s.id, a.code)
 			}
 			unauthorized++
-			continue
-		case a.code == http.StatusAccepted:
-			if _, twice := accepted[s.id]; twice {
-				t.Errorf("delivery %s acknowledged with 202 twice", s.id)
+		case s.resend < 0:
+			if a.code != http.StatusAccepted || a.duplicate || a.deployID == 0 {
+				t.Errorf("new delivery %s answered %d (deploy %d, duplicate %v, ignored %q), want 202 with a new deploy",
+					s.id, a.code, a.deployID, a.duplicate, a.ignored)
+				continue
+			}
+			if prev, twice := accepted[s.id]; twice {
+				t.Errorf("delivery %s acknowledged with 202 twice (deploys %d and %d)", s.id, prev, a.deployID)
 			}
 			accepted[s.id] = a.deployID
 			acked++
-		case a.code == http.StatusOK:
-			dups++
 		default:
-			t.Errorf("delivery %s answered %d", s.id, a.code)
+			firstID := answers[s.resend].deployID
+			if a.code != http.StatusOK || !a.duplicate || a.deployID != firstID {
+				t.Errorf("redelivery %s answered %d (deploy %d, duplicate %v, ignored %q), want 200 duplicate of deploy %d",
+					s.id, a.code, a.deployID, a.duplicate, a.ignored, firstID)
+			}
+			dups++
 		}
-		if prev, ok := first[s.id]; ok && prev != a.deployID {
-			t.Errorf("delivery %s answered deploys %d and %d", s.id, prev, a.deployID)
-		}
-		first[s.id] = a.deployID
 	}
 	t.Logf("%d deliveries from %d connections in %s (%.0f/s): %d acknowledged (202), %d redeliveries (200), %d bad signatures (401)",
 		len(plan), conns, elapsed.Round(time.Millisecond), float64(len(plan))/elapsed.Seconds(), acked, dups, unauthorized)
