@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -18,9 +19,11 @@ import (
 
 	"github.com/flakeship/flakeship/internal/testenv"
 
+	"github.com/flakeship/flakeship/builder"
 	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
 	"github.com/flakeship/flakeship/forge"
+	"github.com/flakeship/flakeship/store"
 )
 
 const (
@@ -340,22 +343,101 @@ func TestHookSubmitsTheValidatedPush(t *testing.T) {
 	}
 }
 
+// TestHookAnswersADuplicateDeliveryWithTheFirstDeploy sends one delivery
+// twice to a server on the real deploy queue and store: the redelivery is
+// answered 200 with "duplicate":true and the first deploy, and only that
+// one deploy is stored.
 func TestHookAnswersADuplicateDeliveryWithTheFirstDeploy(t *testing.T) {
-	d := &fakeDeployer{}
-	ts := newTestServer(t, Options{Config: testConfig(t), Deployer: d})
+	cfg := testConfig(t)
+	cfg.StateDir = t.TempDir()
+	q, st := newRealQueue(t, cfg)
+	ts := newTestServer(t, Options{Config: cfg, Deployer: q})
 	push := readFile(t, "github/push-new-branch.json")
 	h := githubRequestHeader("push", push, githubSecret)
 
 	status, got := ts.do(t, http.MethodPost, "/hooks/github", h, push)
-	if status != http.StatusAccepted {
-		t.Fatalf("first delivery: status %d: %v", status, got)
+	if status != http.StatusAccepted || got["duplicate"] != nil {
+		t.Fatalf("first delivery: status %d: %v, want 202 with a new deploy", status, got)
+	}
+	first, _ := got["deploy_id"].(float64)
+	if first == 0 {
+		t.Fatalf("first delivery: no deploy_id in %v", got)
 	}
 	status, got = ts.do(t, http.MethodPost, "/hooks/github", h, push)
 	if status != http.StatusOK {
-		t.Errorf("redelivery: status %d, want 200", status)
+		t.Errorf("redelivery: status %d, want 200: %v", status, got)
 	}
-	equalJSON(t, got, map[string]any{"deploy_id": 1, "status": "building", "url": publicURL + "/deploys/1", "duplicate": true})
+	if got["deploy_id"] != first || got["duplicate"] != true || got["url"] != fmt.Sprintf("%s/deploys/%d", publicURL, int64(first)) {
+		t.Errorf("redelivery answered %v, want deploy_id %d with \"duplicate\":true", got, int64(first))
+	}
+	ds, err := st.List(context.Background(), deploy.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 1 || float64(ds[0].ID) != first || ds[0].DeliveryID != h.Get("X-GitHub-Delivery") {
+		t.Errorf("store holds %d deploys after a delivery and its redelivery, want the one deploy %d of the delivery", len(ds), int64(first))
+		for _, d := range ds {
+			t.Logf("stored: deploy %d of delivery %q, %s", d.ID, d.DeliveryID, d.State)
+		}
+	}
 }
+
+// newRealQueue starts the deploy queue on a real store in cfg.StateDir,
+// both stopped when the test ends. Its deploys wait at their fetch until the
+// queue shuts down: the test sees only what a delivery stores and queues.
+func newRealQueue(t *testing.T, cfg *config.Config) (*deploy.Queue, *store.Store) {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	st, err := store.Open(context.Background(), filepath.Join(cfg.StateDir, "flakeship.db"), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	q, err := deploy.New(deploy.Options{
+		Config: cfg, Store: st, Fetcher: heldFetcher{}, Builder: noBuilder{},
+		Switcher: func(builder.Spec) (builder.Switcher, error) { return nil, errors.New("no switching in this test") },
+		Log:      log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := q.Shutdown(ctx); err != nil {
+			t.Errorf("shut the deploy queue down: %v", err)
+		}
+	})
+	return q, st
+}
+
+// heldFetcher holds every fetch until its deploy is cancelled.
+type heldFetcher struct{}
+
+func (heldFetcher) Fetch(ctx context.Context, _ builder.Spec, _ string, _ io.Writer) (builder.Checkout, error) {
+	<-ctx.Done()
+	return builder.Checkout{}, context.Cause(ctx)
+}
+
+func (heldFetcher) ResolveBranch(context.Context, builder.Spec, string) (string, error) {
+	return "", errors.New("no branches in this test")
+}
+
+func (heldFetcher) IsAncestor(context.Context, builder.Checkout, string, string) (bool, error) {
+	return false, errors.New("no history in this test")
+}
+
+// noBuilder builds nothing: no deploy gets past heldFetcher.
+type noBuilder struct{}
+
+func (noBuilder) Build(context.Context, builder.Spec, builder.Checkout, io.Writer) (string, error) {
+	return "", errors.New("no builds in this test")
+}
+
+func (noBuilder) ResetCache(builder.Spec) error { return nil }
 
 func TestHookDeploysEveryTargetOfTheBranch(t *testing.T) {
 	cfg := testConfig(t)
