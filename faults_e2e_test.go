@@ -552,9 +552,12 @@ func fillDisk(t *testing.T, path string) int64 {
 // TestDiskFullStateDirRefusesOrStoresAndRecovers runs flakeship on a state
 // directory whose file system then fills up. A delivery is either refused
 // (5xx with a JSON error: the forge shows it failed, and it can be sent
-// again) or stored and acknowledged; flakeship keeps running. Once there is room again and flakeship restarts, the store
-// passes its integrity check, every acknowledged deploy is there, and a new
-// push deploys.
+// again) or stored and acknowledged; flakeship keeps running. At least one
+// is refused, with the store's disk-full error in the log: otherwise the
+// disk was never full where flakeship writes, and the test proved nothing.
+// Once there is room again and flakeship restarts, the store passes its
+// integrity check, every acknowledged deploy is there, and a new push
+// deploys.
 func TestDiskFullStateDirRefusesOrStoresAndRecovers(t *testing.T) {
 	a := newApp(t, "github")
 	mountTmpfs(t, a.stateDir, 32<<20)
@@ -600,8 +603,10 @@ func TestDiskFullStateDirRefusesOrStoresAndRecovers(t *testing.T) {
 		t.Fatalf("flakeship exited on a full disk:\n%s", f.logs.String())
 	default:
 	}
-	if len(refused) > 0 && !strings.Contains(f.logs.String(), "database or disk is full") {
-		t.Errorf("flakeship's log does not say why it refused deliveries:\n%s", f.logs.String())
+	if len(refused) == 0 {
+		t.Errorf("no delivery was refused on a full disk: the store never met the full disk")
+	} else if !strings.Contains(f.logs.String(), "database or disk is full") {
+		t.Errorf("flakeship's log does not say the disk was full when it refused deliveries:\n%s", f.logs.String())
 	}
 	resp, err := http.Get(f.base + "/healthz")
 	if err != nil {
