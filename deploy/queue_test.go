@@ -254,25 +254,57 @@ func TestQueueReportsABrokenBuildAndKeepsTheProfile(t *testing.T) {
 	}
 }
 
+// TestQueueCancelsAQueuedDeploy holds the target's first deploy in its
+// build at a gate, so the second is queued when Cancel is called.
 func TestQueueCancelsAQueuedDeploy(t *testing.T) {
 	r := newRig(t, "app")
-	a, b := r.commit(true), r.commit(true)
+	r.cfg.NixFlags = append(r.cfg.NixFlags, testenv.NoSandbox...)
+	gate := testenv.NewGate(t)
+	a, b := r.commitScript(gate.Script()+"; echo built > $out"), r.commit(true)
 	q := r.queue()
-	d1, _, _ := q.SubmitPush(context.Background(), "app", push(a, "a"))
-	d2, _, _ := q.SubmitPush(context.Background(), "app", push(b, "b"))
-	err := q.Cancel(context.Background(), d2.ID)
+	t.Cleanup(func() { gate.Open() }) // before the queue's shutdown, should the test stop early
+	ctx := context.Background()
+	d1, _, err := q.SubmitPush(ctx, "app", push(a, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, q, d1.ID, deploy.Building)
+	d2, _, err := q.SubmitPush(ctx, "app", push(b, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := q.Get(ctx, d2.ID); err != nil || d.State != deploy.Queued {
+		t.Fatalf("the deploy behind the held build is %+v (%v), want queued", d, err)
+	}
+	if err := q.Cancel(ctx, d2.ID); err != nil {
+		t.Fatalf("cancel of a queued deploy: %v", err)
+	}
 	got := waitEnd(t, q, d2.ID)
-	if err != nil && got.State != deploy.Succeeded {
-		t.Fatalf("cancel of a queued deploy: %v (state %s)", err, got.State)
+	if got.State != deploy.Cancelled || built(got) {
+		t.Fatalf("cancelled deploy = %+v, want cancelled and never built", got)
 	}
-	if err == nil && got.State != deploy.Cancelled {
-		t.Fatalf("cancelled deploy ended %s", got.State)
+	r.forge.WaitFor(t, 30*time.Second, func(rs []forgetest.Recorded) bool {
+		for _, s := range rs {
+			if s.SHA == b && s.State == "error" && s.Description == "Cancelled" {
+				return true
+			}
+		}
+		return false
+	})
+
+	if err := gate.Open(); err != nil {
+		t.Fatal(err)
 	}
-	waitEnd(t, q, d1.ID)
-	if err := q.Cancel(context.Background(), d1.ID); err == nil {
+	if d := waitEnd(t, q, d1.ID); d.State != deploy.Succeeded {
+		t.Fatalf("the held deploy ended %s: %s", d.State, d.Error)
+	}
+	if d := waitEnd(t, q, d2.ID); d.State != deploy.Cancelled || built(d) {
+		t.Fatalf("after the target freed up the cancelled deploy is %+v, want cancelled and never built", d)
+	}
+	if err := q.Cancel(ctx, d1.ID); err == nil {
 		t.Error("cancelling a finished deploy succeeded")
 	}
-	if err := q.Cancel(context.Background(), 999); err == nil || !strings.Contains(err.Error(), "not found") {
+	if err := q.Cancel(ctx, 999); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("cancelling an unknown deploy: %v", err)
 	}
 }

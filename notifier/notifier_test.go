@@ -674,12 +674,40 @@ func TestSetStatusIsSafeForConcurrentUse(t *testing.T) {
 	}
 }
 
+// TestNopPostsNothing: Nop has no forge to talk to, so a post could only go
+// out through the process's default HTTP transport; the test records every
+// request made through it (answering none) while Nop is asked for statuses.
 func TestNopPostsNothing(t *testing.T) {
+	var mu sync.Mutex
+	var sent []string
+	orig := http.DefaultTransport
+	http.DefaultTransport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		sent = append(sent, r.Method+" "+r.URL.String())
+		return nil, errors.New("no network in this test")
+	})
+	t.Cleanup(func() { http.DefaultTransport = orig })
+
 	var n Notifier = Nop{}
-	if err := n.SetStatus(context.Background(), forge.Status{}); err != nil {
-		t.Errorf("Nop.SetStatus = %v, want nil", err)
+	for _, st := range []forge.CommitState{forge.Pending, forge.Success, forge.Failure, forge.Error} {
+		s := testStatus()
+		s.State = st
+		if err := n.SetStatus(context.Background(), s); err != nil {
+			t.Errorf("Nop.SetStatus(%s) = %v, want nil", st, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sent) != 0 {
+		t.Errorf("Nop sent %d requests, want none: %v", len(sent), sent)
 	}
 }
+
+// roundTripFunc is an http.RoundTripper made of a function.
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 func TestAPIErrorSaysCodeAndReason(t *testing.T) {
 	tests := []struct {
