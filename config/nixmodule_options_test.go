@@ -1,9 +1,6 @@
 package config_test
 
 import (
-	"bytes"
-	"encoding/json"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -25,19 +22,8 @@ type moduleEvaluation struct {
 // settings, with the builtins-only stand-in for nixpkgs' lib.
 func evalModule(t *testing.T, settings string) moduleEvaluation {
 	t.Helper()
-	expr := `import ./testdata/module-standin.nix { settings = ` + settings + `; }`
-	args := append(testenv.NixFlags(), "--eval", "--strict", "--json", "--expr", expr)
-	cmd := exec.CommandContext(t.Context(), "nix-instantiate", args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("nix-instantiate: %v\n%s", err, stderr.String())
-	}
 	var m moduleEvaluation
-	if err := json.Unmarshal(out, &m); err != nil {
-		t.Fatalf("decode the evaluation: %v\n%s", err, out)
-	}
+	evalNixJSON(t, `import ./testdata/module-standin.nix { settings = `+settings+`; }`, &m)
 	return m
 }
 

@@ -53,6 +53,15 @@ builtins.removeAttrs (render (cfg // {
   nixFlags = cfg.nixFlags or defaults.nixFlags;
   targets = builtins.mapAttrs (name: t: withDefaults t name) (cfg.targets or { });
 })) [ "moduleDefaults" ]`
+	var r nixRendering
+	evalNixJSON(t, expr, &r)
+	return r
+}
+
+// evalNixJSON evaluates the Nix expression expr (paths in it are relative
+// to this package) strictly and decodes its JSON value into v.
+func evalNixJSON(t *testing.T, expr string, v any) {
+	t.Helper()
 	args := append(testenv.NixFlags(), "--eval", "--strict", "--json", "--expr", expr)
 	cmd := exec.CommandContext(t.Context(), "nix-instantiate", args...)
 	var stderr bytes.Buffer
@@ -61,11 +70,9 @@ builtins.removeAttrs (render (cfg // {
 	if err != nil {
 		t.Fatalf("nix-instantiate: %v\n%s", err, stderr.String())
 	}
-	var r nixRendering
-	if err := json.Unmarshal(out, &r); err != nil {
-		t.Fatalf("decode the rendering: %v\n%s", err, out)
+	if err := json.Unmarshal(out, v); err != nil {
+		t.Fatalf("decode the evaluation: %v\n%s", err, out)
 	}
-	return r
 }
 
 // secretOf is what the fake file at path holds: each test secret names its

@@ -3,7 +3,6 @@ package deploy_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -118,7 +117,16 @@ func (r *rig) newQueue() *deploy.Queue {
 // newQueueOn starts a queue on st; the caller shuts it down.
 func (r *rig) newQueueOn(st deploy.Store) *deploy.Queue {
 	r.t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(slog.DiscardHandler)
+	return r.startQueue(st, builder.NewFetcher(log), nil, 0, log)
+}
+
+// startQueue starts a queue on st with fetcher f, the clock now (nil: the
+// real one), pruning every pruneEvery (0: the default; negative: only when
+// called) and log; the caller shuts it down. The rig's fake forge records
+// its statuses.
+func (r *rig) startQueue(st deploy.Store, f deploy.Fetcher, now func() time.Time, pruneEvery time.Duration, log *slog.Logger) *deploy.Queue {
+	r.t.Helper()
 	nix := &builder.Nix{Binary: r.cfg.Nix, Flags: r.cfg.NixFlags}
 	notifiers := map[string]notifier.Notifier{}
 	for _, t := range r.cfg.Targets {
@@ -129,9 +137,9 @@ func (r *rig) newQueueOn(st deploy.Store) *deploy.Queue {
 		notifiers[t.Name] = n
 	}
 	q, err := deploy.New(deploy.Options{
-		Config: r.cfg, Store: st, Fetcher: builder.NewFetcher(log), Builder: nix,
+		Config: r.cfg, Store: st, Fetcher: f, Builder: nix,
 		Switcher:  func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
-		Notifiers: notifiers, Log: log,
+		Notifiers: notifiers, Log: log, Now: now, PruneEvery: pruneEvery,
 	})
 	if err != nil {
 		r.t.Fatal(err)

@@ -17,7 +17,6 @@ import (
 	"github.com/flakeship/flakeship/deploy"
 	"github.com/flakeship/flakeship/forge"
 	"github.com/flakeship/flakeship/internal/testenv"
-	"github.com/flakeship/flakeship/notifier"
 	"github.com/flakeship/flakeship/store"
 )
 
@@ -29,26 +28,7 @@ func (r *rig) queueWith(st deploy.Store, f deploy.Fetcher, now func() time.Time,
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	nix := &builder.Nix{Binary: r.cfg.Nix, Flags: r.cfg.NixFlags}
-	notifiers := map[string]notifier.Notifier{}
-	for _, t := range r.cfg.Targets {
-		n, err := notifier.NewGitHub(notifier.GitHubOptions{BaseURL: r.forge.URL(), Token: t.Token, Log: log})
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		notifiers[t.Name] = n
-	}
-	q, err := deploy.New(deploy.Options{
-		Config: r.cfg, Store: st, Fetcher: f, Builder: nix,
-		Switcher:  func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
-		Notifiers: notifiers, Log: log, Now: now, PruneEvery: pruneEvery,
-	})
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	if err := q.Start(context.Background()); err != nil {
-		r.t.Fatal(err)
-	}
+	q := r.startQueue(st, f, now, pruneEvery, log)
 	r.t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
