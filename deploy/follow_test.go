@@ -132,6 +132,7 @@ func waitSeen(t *testing.T, f *follower, what string, cond func(states, log stri
 }
 
 func TestFollowerWakesOnTheDeploysOwnEventsNotTheStore(t *testing.T) {
+	t.Parallel()
 	r := newRig(t, "app")
 	sha, next := r.commit(true), r.commit(true)
 	st := &frozenStore{Store: r.store}

@@ -8,11 +8,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/flakeship/flakeship/deploy"
 )
 
 func TestManualDeployTakesTheBranchHeadARefOrASha(t *testing.T) {
+	t.Parallel()
 	r := newRig(t, "app")
 	first, head := r.commit(true), r.commit(true)
 	q := r.queue()
@@ -61,6 +63,7 @@ func TestManualDeployTakesTheBranchHeadARefOrASha(t *testing.T) {
 }
 
 func TestRollbackMakesThePreviousBuildCurrentAgain(t *testing.T) {
+	t.Parallel()
 	r := newRig(t, "app")
 	a, b := r.commit(true), r.commit(true)
 	q := r.queue()
@@ -109,6 +112,7 @@ func TestRollbackMakesThePreviousBuildCurrentAgain(t *testing.T) {
 }
 
 func TestTargetsShowWhatRunsAndWhatIsInFlight(t *testing.T) {
+	t.Parallel()
 	r := newRig(t, "app", "api")
 	sha := r.commit(true)
 	q := r.queue()
@@ -142,6 +146,13 @@ func (b *flushBuffer) Write(p []byte) (int, error) {
 	return b.buf.Write(p)
 }
 
+// String returns what was written so far.
+func (b *flushBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 func (b *flushBuffer) Flush() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -150,24 +161,50 @@ func (b *flushBuffer) Flush() error {
 }
 
 func TestWriteLogFollowsADeployUntilItEnds(t *testing.T) {
+	t.Parallel()
 	r := newRig(t, "app")
-	sha := r.commitSlow()
+	sha := r.commit(true)
+	gate := r.holdBuild(sha)
 	q := r.queue()
 	ctx := context.Background()
-	d, _, _ := q.SubmitPush(ctx, "app", push(sha, "slow"))
-
-	// Following starts while the deploy waits or builds, and returns only
-	// after its last line.
-	var followed flushBuffer
-	if err := q.WriteLog(ctx, d.ID, &followed, true); err != nil {
+	d, _, err := q.SubmitPush(ctx, "app", push(sha, "held"))
+	if err != nil {
 		t.Fatal(err)
+	}
+
+	// Following starts while the deploy is held in its build, and returns
+	// only after its last line.
+	var followed flushBuffer
+	done := make(chan error, 1)
+	go func() { done <- q.WriteLog(ctx, d.ID, &followed, true) }()
+	gate.waitReached(t)
+	deadline := time.Now().Add(2 * time.Minute) // a safety net: the build is held
+	for !strings.Contains(followed.String(), "waiting at the gate\n") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the follower never saw the build wait at the gate; it saw:\n%s", followed.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("following returned (%v) while the deploy was held in its build", err)
+	default:
+	}
+	gate.open()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("following never returned after the build went on; it saw:\n%s", followed.String())
 	}
 	end, err := q.Get(ctx, d.ID)
 	if err != nil || !end.State.Terminal() {
 		t.Fatalf("WriteLog returned while the deploy was %s (%v)", end.State, err)
 	}
 	log := followed.buf.String()
-	for _, want := range []string{"== fetch", "== build", "== deployed " + sha[:7]} {
+	for _, want := range []string{"== fetch", "== build", "waiting at the gate\n", "through the gate\n", "== deployed " + sha[:7]} {
 		if !strings.Contains(log, want) {
 			t.Errorf("followed log lacks %q:\n%s", want, log)
 		}

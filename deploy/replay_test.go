@@ -11,6 +11,7 @@ import (
 // TestOldPushesNeverRollProductionBack replays deliveries of commits that
 // are not newer than the newest one deployed.
 func TestOldPushesNeverRollProductionBack(t *testing.T) {
+	t.Parallel()
 	r := newRig(t, "app")
 	ctx := context.Background()
 	// main: a - b

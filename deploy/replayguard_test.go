@@ -68,6 +68,7 @@ func (f *failingFetcher) IsAncestor(ctx context.Context, c builder.Checkout, anc
 // guard cannot tell whether b is older than a: b must not deploy, and the
 // reason must reach its log, its record and its commit status.
 func TestReplayGuardFailsClosed(t *testing.T) {
+	t.Parallel()
 	broken := errors.New("database disk image is malformed")
 	tests := []struct {
 		name string
