@@ -256,8 +256,8 @@ func TestQueueCommitsThePushesThatWaitTogether(t *testing.T) {
 	}
 	byDelivery := map[string][]submitted{}
 	for _, s := range got {
-		if s.err != nil {
-			t.Fatalf("%s: %v", s.delivery, s.err)
+		if s.err != nil || s.deploy == nil {
+			t.Fatalf("%s: answered %+v, %v; want a deploy", s.delivery, s.deploy, s.err)
 		}
 		byDelivery[s.delivery] = append(byDelivery[s.delivery], s)
 	}
