@@ -90,6 +90,7 @@ func TestReplayGuardFailsClosed(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			r := newRig(t, "app")
 			// main: a - b
 			a, b := r.commit(true), r.commit(true)
