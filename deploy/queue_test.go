@@ -233,10 +233,12 @@ func push(sha, delivery string) forge.PushEvent {
 	return forge.PushEvent{Forge: forge.GitHub, DeliveryID: delivery, Repo: "acme/app", Branch: "main", SHA: sha, Pusher: "octocat"}
 }
 
-// waitEnd waits until deploy id ends.
+// waitEnd waits until deploy id ends. The deadline is a safety net for a
+// deploy that never ends, generous for a loaded machine, not a time window
+// the deploy must hit.
 func waitEnd(t *testing.T, q *deploy.Queue, id int64) *deploy.Deploy {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		d, err := q.Get(context.Background(), id)
 		if err != nil {
@@ -246,7 +248,7 @@ func waitEnd(t *testing.T, q *deploy.Queue, id int64) *deploy.Deploy {
 			return d
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("deploy %d still %s after 60s", id, d.State)
+			t.Fatalf("deploy %d still %s after 3 minutes", id, d.State)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -519,10 +521,12 @@ func TestShutdownInterruptsABuildThatOutlastsTheGrace(t *testing.T) {
 	}
 }
 
-// waitState waits until deploy id is in state s.
+// waitState waits until deploy id is in state s: a state the test holds
+// the deploy in (a build held at a gate), not one it passes through, which
+// polling could miss.
 func waitState(t *testing.T, q *deploy.Queue, id int64, s deploy.State) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(3 * time.Minute) // a safety net, as in waitEnd
 	for {
 		d, err := q.Get(context.Background(), id)
 		if err != nil {
