@@ -183,7 +183,11 @@ func TestWriteLogFollowsADeployUntilItEnds(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the follower never saw the build wait at the gate; it saw:\n%s", followed.String())
 		}
-		time.Sleep(5 * time.Millisecond)
+		select {
+		case err := <-done:
+			t.Fatalf("following returned (%v) while the deploy was held in its build; it saw:\n%s", err, followed.String())
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 	select {
 	case err := <-done:
