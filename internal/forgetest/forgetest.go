@@ -124,6 +124,7 @@ type Request struct {
 	Path   string // unescaped URL path, with any prefix
 	Header http.Header
 	Body   []byte
+	Time   time.Time // when it arrived
 	// RateLimited is set when the fake refused the request under RateLimit.
 	RateLimited bool
 }
@@ -306,6 +307,7 @@ func (s *Server) intake(next http.Handler) http.Handler {
 			Path:        r.URL.Path,
 			Header:      r.Header.Clone(),
 			Body:        body,
+			Time:        now,
 			RateLimited: !down && limit != nil,
 		})
 		var rate rateHeaders
@@ -465,7 +467,7 @@ func (s *Server) Requests() []Request {
 	defer s.mu.Unlock()
 	out := make([]Request, len(s.requests))
 	for i, r := range s.requests {
-		out[i] = Request{Method: r.Method, Path: r.Path, Header: r.Header.Clone(), Body: bytes.Clone(r.Body), RateLimited: r.RateLimited}
+		out[i] = Request{Method: r.Method, Path: r.Path, Header: r.Header.Clone(), Body: bytes.Clone(r.Body), Time: r.Time, RateLimited: r.RateLimited}
 	}
 	return out
 }
