@@ -140,8 +140,12 @@ func retryAfter(h http.Header, now time.Time) time.Duration {
 		}
 		return time.Duration(secs) * time.Second
 	}
-	if at, err := http.ParseTime(v); err == nil {
-		return untilCapped(at, now)
+	// http.ParseTime would also take an RFC 850 date in any zone ("PST"
+	// read as UTC): RFC 9110 names GMT only.
+	for _, layout := range []string{http.TimeFormat, "Monday, 02-Jan-06 15:04:05 GMT", time.ANSIC} {
+		if at, err := time.Parse(layout, v); err == nil {
+			return untilCapped(at, now)
+		}
 	}
 	return 0
 }
