@@ -120,6 +120,7 @@ func newApp(t *testing.T, kind string) *app {
 	} else {
 		a.forge = forgetest.NewForgejo(t, a.token)
 	}
+	a.forge.ServeRepo(a.repoName, a.repo.Bare) // the forge has what was pushed, nothing else
 	a.port = freePort(t)
 	a.unit = fmt.Sprintf("flakeship-e2e-%d.service", a.port)
 	a.installUnit()

@@ -85,6 +85,7 @@ func TestLoadLosesNothing(t *testing.T) {
 			tg.shas = append(tg.shas, repo.Commit(t, fmt.Sprintf("%s %d", tg.name, i), map[string]string{"flake.nix": flake}))
 		}
 		repo.Push(t, "main")
+		forges[tg.kind].ServeRepo(tg.repo, repo.Bare)
 		prefix := "FLAKESHIP_TARGET_" + strings.ToUpper(strings.ReplaceAll(tg.name, "-", "_")) + "_"
 		token := "load-token-" + tg.kind
 		env = append(env,

@@ -2,6 +2,7 @@ package notifier
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -95,7 +96,22 @@ func (f *Forgejo) send(ctx context.Context, s forge.Status) error {
 		Description: s.Description,
 		Context:     s.Context,
 	})
-	return forgejoError(resp, err, time.Now())
+	err = forgejoError(resp, err, time.Now())
+	var apiErr *APIError
+	if errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusInternalServerError {
+		// Forgejo answers a status for a commit it does not have with a
+		// 500 whose message production hides (routers/api/v1/repo/status.go
+		// NewCommitStatus answers every error of CreateCommitStatus, its
+		// GetCommit included, with ctx.Error(500)). Asking for the commit
+		// tells that apart from a forge in trouble: 404 means it is not
+		// there (routers/api/v1/repo/commits.go getCommit), and posting
+		// again cannot help.
+		_, probe, _ := client.GetSingleCommit(owner, name, s.SHA)
+		if probe != nil && probe.StatusCode == http.StatusNotFound {
+			apiErr.unknownCommit = true
+		}
+	}
+	return err
 }
 
 // forgejoError turns what the SDK returned into nil, an *APIError, or the

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,7 +38,9 @@ type GitHubOptions struct {
 // GitHub posts commit statuses through GitHub's REST API
 // (POST /repos/{owner}/{repo}/statuses/{sha}). It is safe for concurrent use.
 type GitHub struct {
-	client *github.Client
+	base  *url.URL
+	token config.Secret
+	hc    *http.Client
 	poster
 }
 
@@ -55,16 +59,27 @@ func NewGitHub(opts GitHubOptions) (*GitHub, error) {
 	}
 	hc, log := defaults(opts.HTTPClient, opts.Log)
 
-	// The base URL is set as is rather than through WithEnterpriseURLs, which
-	// appends "api/v3/" to any host not named api.*: a configured root (or a
-	// test server's) must be taken at its word.
-	client := github.NewClient(hc).WithAuthToken(opts.Token.Reveal())
-	client.BaseURL = base
-	client.UserAgent = userAgent
-
-	g := &GitHub{client: client}
+	g := &GitHub{base: base, token: opts.Token, hc: hc}
 	g.poster = poster{forge: "github", token: opts.Token, log: log, retry: opts.Retry, send: g.send}
 	return g, nil
+}
+
+// client builds a go-github client for one attempt (cheap: no I/O). A client
+// per attempt keeps go-github's memory of rate limits out of the way: after a
+// refusal it would answer later calls itself, with its own idea of how long
+// to wait (for a secondary limit, until the primary limit's reset, up to an
+// hour, where GitHub's docs say a minute), so the retry loop here is the one
+// place that decides.
+//
+// The base URL is set as is rather than through WithEnterpriseURLs, which
+// appends "api/v3/" to any host not named api.*: a configured root (or a
+// test server's) must be taken at its word.
+func (g *GitHub) client() *github.Client {
+	client := github.NewClient(g.hc).WithAuthToken(g.token.Reveal())
+	base := *g.base
+	client.BaseURL = &base
+	client.UserAgent = userAgent
+	return client
 }
 
 // SetStatus posts s as a commit status, retrying transient failures.
@@ -74,7 +89,7 @@ func (g *GitHub) SetStatus(ctx context.Context, s forge.Status) error {
 
 // String describes g without its token (fmt would print the unexported
 // fields, token included, as they are).
-func (g *GitHub) String() string { return "github notifier for " + g.client.BaseURL.String() }
+func (g *GitHub) String() string { return "github notifier for " + g.base.String() }
 
 // GoString is String, for %#v.
 func (g *GitHub) GoString() string { return g.String() }
@@ -92,7 +107,7 @@ func (g *GitHub) send(ctx context.Context, s forge.Status) error {
 	if s.Context != "" {
 		status.Context = github.String(s.Context)
 	}
-	_, resp, err := g.client.Repositories.CreateStatus(ctx, owner, name, s.SHA, status)
+	_, resp, err := g.client().Repositories.CreateStatus(ctx, owner, name, s.SHA, status)
 	return gitHubError(resp, err, time.Now())
 }
 
@@ -107,28 +122,67 @@ func gitHubError(resp *github.Response, err error, now time.Time) error {
 	if code == 0 {
 		return err
 	}
-	apiErr := &APIError{StatusCode: code, RetryAfter: retryAfter(resp.Header, now)}
+	apiErr := &APIError{StatusCode: code}
 
+	// go-github sorts refusals by status code and headers; what GitHub
+	// means is read from the answer itself below.
+	var message, docs string
 	var rateErr *github.RateLimitError
 	var abuseErr *github.AbuseRateLimitError
 	var respErr *github.ErrorResponse
 	switch {
 	case errors.As(err, &rateErr):
-		apiErr.rateLimited = true
-		apiErr.Message = clip(rateErr.Message, maxMessage)
-		if reset := rateErr.Rate.Reset.Time; reset.After(now) {
-			apiErr.RetryAfter = max(apiErr.RetryAfter, reset.Sub(now))
-		}
+		message = rateErr.Message
 	case errors.As(err, &abuseErr):
-		apiErr.rateLimited = true
-		apiErr.Message = clip(abuseErr.Message, maxMessage)
-		if abuseErr.RetryAfter != nil {
-			apiErr.RetryAfter = max(apiErr.RetryAfter, *abuseErr.RetryAfter)
-		}
+		message = abuseErr.Message
+		docs = secondaryDocs
 	case errors.As(err, &respErr):
-		apiErr.Message = clip(gitHubMessage(respErr), maxMessage)
+		message = gitHubMessage(respErr)
+		docs = respErr.DocumentationURL
 	}
+	apiErr.Message = clip(message, maxMessage)
+	apiErr.rateLimited, apiErr.RetryAfter = gitHubWait(code, resp.Header, message, docs, now)
+	// GitHub's answer for a commit that is not in the repository
+	// (kubernetes/test-infra#21987, rust-lang/homu#141).
+	apiErr.unknownCommit = code == http.StatusUnprocessableEntity && strings.HasPrefix(message, "No commit found for SHA")
 	return apiErr
+}
+
+// secondaryDocs is the end of the documentation_url of GitHub's
+// secondary-limit refusals, which go-github also goes by.
+const secondaryDocs = "#about-secondary-rate-limits"
+
+// gitHubWait reads a refusal as GitHub's rate-limit docs describe it
+// (docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api,
+// "Exceeding the rate limit"), and says whether it is a rate limit and how
+// long to wait before the next request:
+//
+//   - primary limit: 403 or 429 with x-ratelimit-remaining 0; wait until
+//     x-ratelimit-reset (UTC epoch seconds);
+//   - secondary limit: 403 or 429 whose message says so; wait retry-after
+//     seconds if given, else until x-ratelimit-reset if remaining is 0, else
+//     at least one minute.
+//
+// Any other answer waits its Retry-After, if any (a 503 may send one).
+func gitHubWait(code int, h http.Header, message, docs string, now time.Time) (limited bool, wait time.Duration) {
+	if code != http.StatusForbidden && code != http.StatusTooManyRequests {
+		return false, retryAfter(h, now)
+	}
+	exhausted := h.Get("X-Ratelimit-Remaining") == "0"
+	secondary := strings.Contains(strings.ToLower(message), "secondary rate limit") ||
+		strings.HasSuffix(docs, "secondary-rate-limits") || strings.HasSuffix(docs, "#abuse-rate-limits")
+	if !exhausted && !secondary {
+		return code == http.StatusTooManyRequests, retryAfter(h, now)
+	}
+	if secondary {
+		if d := retryAfter(h, now); d > 0 {
+			return true, d
+		}
+	}
+	if reset, err := strconv.ParseInt(h.Get("X-Ratelimit-Reset"), 10, 64); exhausted && err == nil {
+		return true, untilCapped(time.Unix(reset, 0), now)
+	}
+	return true, time.Minute
 }
 
 // gitHubMessage joins an error answer's message and field errors.

@@ -50,16 +50,26 @@ const (
 	attemptTimeout = 30 * time.Second
 )
 
+// ErrUnknownCommit matches (errors.Is) the error of a status the forge
+// refused because the commit is not in its repository: a commit never pushed
+// there, or a target configured with another repository than the one pushed
+// to. Posting again cannot help, so it is not retried.
+var ErrUnknownCommit = errors.New("the commit is not on the forge")
+
 // APIError is a forge's refusal of a status: an HTTP answer outside 2xx.
 type APIError struct {
 	StatusCode int
 	Message    string        // the forge's own message, one line, "" if none
 	RetryAfter time.Duration // how long the forge asked us to wait, 0 if it did not say
-	// rateLimited marks GitHub's rate-limit answers, which come as 403.
+	// rateLimited marks GitHub's rate-limit answers, which may come as 403.
 	rateLimited bool
+	// unknownCommit marks a refusal because the commit is not on the forge
+	// (GitHub's 422, Forgejo's 500; see ErrUnknownCommit).
+	unknownCommit bool
 }
 
-// Error gives the code and reason, like "401 Unauthorized: Bad credentials".
+// Error gives the code and reason, like "401 Unauthorized: Bad credentials",
+// led by what it means when the commit is not on the forge.
 func (e *APIError) Error() string {
 	msg := fmt.Sprint(e.StatusCode)
 	if text := http.StatusText(e.StatusCode); text != "" {
@@ -68,12 +78,25 @@ func (e *APIError) Error() string {
 	if e.Message != "" && e.Message != http.StatusText(e.StatusCode) {
 		msg += ": " + e.Message
 	}
+	if e.unknownCommit {
+		return ErrUnknownCommit.Error() + " (" + msg + ")"
+	}
 	return msg
 }
 
-// Temporary reports whether trying again later may succeed: 429, a 5xx, or
-// one of GitHub's rate-limit 403s.
+// Is reports whether e is an unknown commit's refusal, for
+// errors.Is(err, ErrUnknownCommit).
+func (e *APIError) Is(target error) bool {
+	return target == ErrUnknownCommit && e.unknownCommit
+}
+
+// Temporary reports whether trying again later may succeed: 429, a 5xx
+// (unless it says the commit is not on the forge), or one of GitHub's
+// rate-limit 403s.
 func (e *APIError) Temporary() bool {
+	if e.unknownCommit {
+		return false
+	}
 	return e.StatusCode == http.StatusTooManyRequests || e.StatusCode >= 500 || e.rateLimited
 }
 

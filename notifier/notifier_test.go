@@ -567,7 +567,7 @@ func TestGitHubDefaultsToGitHubCom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := g.client.BaseURL.String(); got != "https://api.github.com/" {
+	if got := g.client().BaseURL.String(); got != "https://api.github.com/" {
 		t.Errorf("base URL = %q, want https://api.github.com/", got)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -18,15 +19,24 @@ const (
 	defaultMax      = 30 * time.Second
 )
 
+// maxForgeWait is the longest wait a forge may ask for (Retry-After, a rate
+// limit's reset) that the notifier keeps to: GitHub's primary rate limit is
+// counted by the hour, so its reset is never further away. A longer ask is
+// cut to this; the post is then refused again and waits again.
+const maxForgeWait = time.Hour
+
 // RetryPolicy says how often and how patiently a status post is retried after
-// a network error, a 5xx or a 429. Waits double from Initial up to Max, each
-// with jitter (between half and all of it), and never less than a
-// Retry-After the forge sent (up to Max). A zero field takes its default: 6
-// attempts, 500ms, 30s, about a minute in all.
+// a network error, a 5xx, a 429 or a rate limit. Waits double from Initial up
+// to Max, each with jitter (between half and all of it), and are never
+// shorter than what the forge asked for (Retry-After, a rate limit's reset),
+// up to an hour: retrying sooner is refused again, and GitHub may ban an
+// integration that keeps asking while limited. A zero field takes its
+// default: 6 attempts, 500ms, 30s, about a minute in all when the forge
+// asks for nothing.
 type RetryPolicy struct {
 	Attempts int           // tries in all, the first included; 1 means no retry
 	Initial  time.Duration // wait after the first failure
-	Max      time.Duration // longest single wait
+	Max      time.Duration // longest backoff wait; a forge's ask may be longer
 }
 
 // withDefaults fills in the zero fields.
@@ -46,17 +56,17 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 	return p
 }
 
-// wait is how long to sleep after failed attempt n (from 1), given the
-// forge's Retry-After (0 if none).
-func (p RetryPolicy) wait(n int, retryAfter time.Duration) time.Duration {
+// wait is how long to sleep after failed attempt n (from 1), given how long
+// the forge asked to wait (0 if it did not say).
+func (p RetryPolicy) wait(n int, forgeWait time.Duration) time.Duration {
 	d := p.Initial
 	for i := 1; i < n && d < p.Max; i++ {
 		d *= 2
 	}
 	d = min(d, p.Max)
 	d = d/2 + rand.N(d/2+1) // jitter keeps many retries from arriving together
-	if retryAfter > d {
-		d = min(retryAfter, p.Max)
+	if forgeWait > d {
+		d = min(forgeWait, maxForgeWait)
 	}
 	return d
 }
@@ -111,23 +121,45 @@ func attempts(n int) string {
 	return fmt.Sprintf("%d attempts", n)
 }
 
-// retryAfter reads a Retry-After header: delay-seconds or an HTTP date.
+// retryAfter reads a Retry-After header as RFC 9110 section 10.2.3 defines
+// it: delay-seconds (1*DIGIT) or an HTTP-date (any of the three formats a
+// recipient must accept, section 5.6.7). The wait is between 0 and
+// maxForgeWait; anything else in the header ("-3", "+3", "soon") is ignored
+// and gives 0.
 func retryAfter(h http.Header, now time.Time) time.Duration {
 	v := h.Get("Retry-After")
 	if v == "" {
 		return 0
 	}
-	if secs, err := strconv.Atoi(v); err == nil {
-		if secs < 0 {
-			return 0
+	if strings.Trim(v, "0123456789") == "" {
+		// Digits only; one too large for a uint64 asks for longer than
+		// any cap, so it gets the cap rather than nothing.
+		secs, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || secs > uint64(maxForgeWait/time.Second) {
+			return maxForgeWait
 		}
-		secs = min(secs, 24*60*60) // no forge means a day; keeps the product in range
 		return time.Duration(secs) * time.Second
 	}
-	if at, err := http.ParseTime(v); err == nil && at.After(now) {
-		return at.Sub(now)
+	// http.ParseTime would also take an RFC 850 date in any zone ("PST"
+	// read as UTC): RFC 9110 names GMT only.
+	for _, layout := range []string{http.TimeFormat, "Monday, 02-Jan-06 15:04:05 GMT", time.ANSIC} {
+		if at, err := time.Parse(layout, v); err == nil {
+			return untilCapped(at, now)
+		}
 	}
 	return 0
+}
+
+// untilCapped is the wait from now until at, between 0 and maxForgeWait.
+func untilCapped(at, now time.Time) time.Duration {
+	switch d := at.Sub(now); {
+	case d <= 0:
+		return 0
+	case d > maxForgeWait:
+		return maxForgeWait
+	default:
+		return d
+	}
 }
 
 // unsettled reads the error of a status post by a forge SDK, with the

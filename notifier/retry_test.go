@@ -60,13 +60,17 @@ func TestRetryWaitDoublesWithJitterUpToMax(t *testing.T) {
 	}
 }
 
-func TestRetryWaitHonoursRetryAfterUpToMax(t *testing.T) {
+func TestRetryWaitKeepsToTheForgesAskUpToAnHour(t *testing.T) {
 	p := RetryPolicy{Attempts: 3, Initial: time.Millisecond, Max: 10 * time.Second}
-	if w := p.wait(1, 3*time.Second); w != 3*time.Second {
-		t.Errorf("wait with Retry-After 3s = %v, want 3s", w)
-	}
-	if w := p.wait(1, time.Hour); w != 10*time.Second {
-		t.Errorf("wait with Retry-After 1h = %v, want Max (10s)", w)
+	for _, tc := range []struct{ ask, want time.Duration }{
+		{3 * time.Second, 3 * time.Second},
+		{time.Minute, time.Minute}, // beyond Max: Max bounds the backoff only
+		{time.Hour, time.Hour},     // GitHub's primary window
+		{5 * time.Hour, time.Hour}, // cut to the cap
+	} {
+		if w := p.wait(1, tc.ask); w != tc.want {
+			t.Errorf("wait when the forge asks for %v = %v, want %v", tc.ask, w, tc.want)
+		}
 	}
 }
 
@@ -79,8 +83,17 @@ func TestRetryAfterHeader(t *testing.T) {
 		{name: "absent", value: "", want: 0},
 		{name: "seconds", value: "7", want: 7 * time.Second},
 		{name: "negative seconds", value: "-3", want: 0},
-		{name: "absurd seconds are capped at a day", value: "99999999999", want: 24 * time.Hour},
+		{name: "zero", value: "0", want: 0},
+		{name: "leading zeros", value: "007", want: 7 * time.Second},
+		{name: "absurd seconds are capped at an hour", value: "99999999999", want: time.Hour},
+		{name: "seconds past uint64 are capped, not ignored", value: "123456789012345678901234567890", want: time.Hour},
+		{name: "a plus sign is not delay-seconds", value: "+3", want: 0},
+		{name: "a fraction is not delay-seconds", value: "1.5", want: 0},
 		{name: "a date ahead", value: now.Add(90 * time.Second).Format(http.TimeFormat), want: 90 * time.Second},
+		{name: "an RFC 850 date ahead", value: "Wednesday, 01-May-24 12:01:30 GMT", want: 90 * time.Second},
+		{name: "an RFC 850 date in another zone than GMT", value: "Wednesday, 01-May-24 12:01:30 PST", want: 0},
+		{name: "an asctime date ahead", value: now.Add(90 * time.Second).Format(time.ANSIC), want: 90 * time.Second},
+		{name: "a date two days ahead is capped", value: now.Add(48 * time.Hour).Format(http.TimeFormat), want: time.Hour},
 		{name: "a date gone by", value: now.Add(-time.Minute).Format(http.TimeFormat), want: 0},
 		{name: "garbage", value: "soon", want: 0},
 	}
@@ -150,67 +163,67 @@ func TestRetryDoReportsAContextThatEndedBeforeTheFirstTry(t *testing.T) {
 
 func TestGitHubErrorReadsRateLimits(t *testing.T) {
 	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
-	answer := func(code int, h http.Header) *github.Response {
-		if h == nil {
-			h = http.Header{}
+	reset := fmt.Sprint(now.Add(10 * time.Minute).Unix())
+	// answer is GitHub's answer: code, headers (every GitHub answer has
+	// the x-ratelimit-* ones) and JSON body, read by go-github as the
+	// notifier reads it.
+	answer := func(code int, remaining string, extra http.Header, body string) (*github.Response, error) {
+		h := http.Header{
+			"X-Ratelimit-Limit": {"5000"}, "X-Ratelimit-Remaining": {remaining},
+			"X-Ratelimit-Reset": {reset}, "X-Ratelimit-Resource": {"core"},
 		}
-		return &github.Response{Response: &http.Response{StatusCode: code, Status: fmt.Sprint(code), Header: h}}
+		for k, v := range extra {
+			h[k] = v
+		}
+		r := &http.Response{StatusCode: code, Status: fmt.Sprint(code), Header: h,
+			Body: io.NopCloser(strings.NewReader(body)), Request: &http.Request{Method: "POST", URL: &url.URL{Path: "/repos/o/r/statuses/x"}}}
+		return &github.Response{Response: r}, github.CheckResponse(r)
 	}
-	retryIn := 2 * time.Minute
+	const (
+		primary   = `{"message":"API rate limit exceeded for user ID 1.","documentation_url":"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}`
+		secondary = `{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again.","documentation_url":"https://docs.github.com/free-pro-team@latest/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"}`
+	)
 	tests := []struct {
 		name          string
-		resp          *github.Response
-		err           error
-		wantCode      int
+		code          int
+		remaining     string
+		extra         http.Header
+		body          string
 		wantTemporary bool
 		wantAfter     time.Duration
 		wantMessage   string
 	}{
-		{
-			name: "a primary rate limit waits for its reset",
-			resp: answer(403, nil),
-			err: &github.RateLimitError{Message: "API rate limit exceeded",
-				Rate: github.Rate{Remaining: 0, Reset: github.Timestamp{Time: now.Add(time.Minute)}}},
-			wantCode: 403, wantTemporary: true, wantAfter: time.Minute, wantMessage: "API rate limit exceeded",
-		},
-		{
-			name:     "a secondary rate limit waits its Retry-After",
-			resp:     answer(403, nil),
-			err:      &github.AbuseRateLimitError{Message: "You have exceeded a secondary rate limit", RetryAfter: &retryIn},
-			wantCode: 403, wantTemporary: true, wantAfter: retryIn, wantMessage: "You have exceeded a secondary rate limit",
-		},
-		{
-			name:     "a 429 with Retry-After",
-			resp:     answer(429, http.Header{"Retry-After": {"5"}}),
-			err:      &github.ErrorResponse{Message: "Too Many Requests"},
-			wantCode: 429, wantTemporary: true, wantAfter: 5 * time.Second, wantMessage: "Too Many Requests",
-		},
-		{
-			name: "a validation error names its fields",
-			resp: answer(422, nil),
-			err: &github.ErrorResponse{Message: "Validation Failed", Errors: []github.Error{
-				{Resource: "Status", Field: "description", Code: "custom", Message: "description is too long (maximum is 140 characters)"},
-				{Resource: "Status", Field: "state", Code: "invalid"},
-			}},
-			wantCode: 422, wantMessage: "Validation Failed; description is too long (maximum is 140 characters); state invalid",
-		},
-		{
-			name:     "a plain 403 is final",
-			resp:     answer(403, nil),
-			err:      &github.ErrorResponse{Message: "Resource not accessible by integration"},
-			wantCode: 403, wantMessage: "Resource not accessible by integration",
-		},
+		{name: "a primary limit (403) waits until its reset", code: 403, remaining: "0", body: primary,
+			wantTemporary: true, wantAfter: 10 * time.Minute, wantMessage: "API rate limit exceeded for user ID 1."},
+		{name: "a primary limit (429) waits until its reset", code: 429, remaining: "0", body: primary,
+			wantTemporary: true, wantAfter: 10 * time.Minute, wantMessage: "API rate limit exceeded for user ID 1."},
+		{name: "a secondary limit (403) waits its retry-after", code: 403, remaining: "4990", extra: http.Header{"Retry-After": {"120"}}, body: secondary,
+			wantTemporary: true, wantAfter: 2 * time.Minute, wantMessage: "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."},
+		{name: "a secondary limit (429) waits its retry-after", code: 429, remaining: "4990", extra: http.Header{"Retry-After": {"30"}}, body: secondary,
+			wantTemporary: true, wantAfter: 30 * time.Second, wantMessage: "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."},
+		{name: "a secondary limit with remaining 0 waits until the reset", code: 403, remaining: "0", body: secondary,
+			wantTemporary: true, wantAfter: 10 * time.Minute, wantMessage: "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."},
+		{name: "a secondary limit without a hint waits a minute, not until the hour's reset", code: 403, remaining: "4990", body: secondary,
+			wantTemporary: true, wantAfter: time.Minute, wantMessage: "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."},
+		{name: "a 503 waits its Retry-After", code: 503, remaining: "4990", extra: http.Header{"Retry-After": {"5"}}, body: `{"message":"Service Unavailable"}`,
+			wantTemporary: true, wantAfter: 5 * time.Second, wantMessage: "Service Unavailable"},
+		{name: "a validation error names its fields", code: 422, remaining: "4990",
+			body:        `{"message":"Validation Failed","errors":[{"resource":"Status","field":"description","code":"custom","message":"description is too long (maximum is 140 characters)"},{"resource":"Status","field":"state","code":"invalid"}]}`,
+			wantMessage: "Validation Failed; description is too long (maximum is 140 characters); state invalid"},
+		{name: "a plain 403 is final", code: 403, remaining: "4990", body: `{"message":"Resource not accessible by integration"}`,
+			wantMessage: "Resource not accessible by integration"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := gitHubError(tc.resp, tc.err, now)
+			resp, gerr := answer(tc.code, tc.remaining, tc.extra, tc.body)
+			err := gitHubError(resp, gerr, now)
 			var apiErr *APIError
 			if !errors.As(err, &apiErr) {
 				t.Fatalf("err = %#v, want *APIError", err)
 			}
-			if apiErr.StatusCode != tc.wantCode || apiErr.Temporary() != tc.wantTemporary || apiErr.RetryAfter != tc.wantAfter || apiErr.Message != tc.wantMessage {
+			if apiErr.StatusCode != tc.code || apiErr.Temporary() != tc.wantTemporary || apiErr.RetryAfter != tc.wantAfter || apiErr.Message != tc.wantMessage {
 				t.Errorf("got %+v (temporary %v), want code %d, temporary %v, retry after %v, message %q",
-					apiErr, apiErr.Temporary(), tc.wantCode, tc.wantTemporary, tc.wantAfter, tc.wantMessage)
+					apiErr, apiErr.Temporary(), tc.code, tc.wantTemporary, tc.wantAfter, tc.wantMessage)
 			}
 		})
 	}
@@ -219,7 +232,8 @@ func TestGitHubErrorReadsRateLimits(t *testing.T) {
 	if err := gitHubError(nil, netErr, now); err != netErr {
 		t.Errorf("without an answer: err = %v, want the network error as is", err)
 	}
-	if err := gitHubError(answer(201, nil), errors.New("unexpected EOF"), now); err != nil {
+	created := &github.Response{Response: &http.Response{StatusCode: 201, Header: http.Header{}}}
+	if err := gitHubError(created, errors.New("unexpected EOF"), now); err != nil {
 		t.Errorf("a 201 with an unreadable body: err = %v, want nil (the status is stored)", err)
 	}
 }

@@ -1,33 +1,105 @@
 // Package forgetest runs a fake GitHub or Forgejo for tests: an httptest
 // server on 127.0.0.1 that serves the commit status endpoints as the forges
-// document them (paths, JSON shapes, Authorization header), records what it
-// accepts, and fails or goes down on demand.
+// do (paths, JSON shapes, Authorization header, error answers, rate-limit
+// headers and refusals), records what it receives, and fails, refuses or
+// goes down on demand.
 //
 // GitHub (docs.github.com/rest/commits/statuses):
 //
-//	POST {root}repos/{owner}/{repo}/statuses/{sha}          Authorization: Bearer <token>
+//	POST {root}repos/{owner}/{repo}/statuses/{sha}          Authorization: Bearer <token> or token <token>
 //	GET  {root}repos/{owner}/{repo}/commits/{ref}/statuses  newest first
 //
 // Forgejo and Gitea (/api/swagger of an instance):
 //
 //	GET  {root}api/v1/version
-//	POST {root}api/v1/repos/{owner}/{repo}/statuses/{sha}          Authorization: token <token> (or Bearer)
+//	POST {root}api/v1/repos/{owner}/{repo}/statuses/{sha}          Authorization: token <token>, Bearer <token> or Basic
 //	GET  {root}api/v1/repos/{owner}/{repo}/statuses/{sha}          newest first
 //	GET  {root}api/v1/repos/{owner}/{repo}/commits/{ref}/statuses  newest first
+//	GET  {root}api/v1/repos/{owner}/{repo}/git/commits/{sha}       the commit, or 404
 //
-// Everything else answers 404 with the forge's JSON error shape. The list
-// endpoints ignore paging and need the token, as private repositories do.
+// Everything else answers 404 with the forge's JSON error shape.
+//
+// # What the fakes do as the forges do
+//
+// Each behaviour names its source.
+//
+//   - Authorization. GitHub takes "Bearer <token>" and "token <token>"
+//     (docs.github.com/rest/authentication/authenticating-to-the-rest-api:
+//     "In most cases, you can use Authorization: Bearer or Authorization:
+//     token"); a wrong or missing token is 401 "Bad credentials". Forgejo
+//     takes exactly two space-separated fields whose first is "token" or
+//     "bearer" in any case (forgejo services/auth/oauth2.go parseToken), or
+//     Basic with the token as user name (password empty or "x-oauth-basic")
+//     or as password (forgejo services/auth/basic.go); without a valid one a
+//     write is 401 "token is required" (forgejo routers/api/v1/api.go
+//     reqToken).
+//   - Commits on the forge. A fake told which commits a repository has
+//     (AddCommits, ServeRepo) answers a status for any other commit as the
+//     forge does: GitHub 422 {"message":"No commit found for SHA: <sha>"}
+//     (the answer quoted in kubernetes/test-infra#21987 and rust-lang/homu#141);
+//     Forgejo 500 with an empty message, because CreateCommitStatus wraps
+//     GetCommit's not-found error and the handler answers every error with
+//     ctx.Error(500), which blanks the message in production for a token
+//     that is not a site admin's (forgejo routers/api/v1/repo/status.go
+//     NewCommitStatus, services/repository/commitstatus/commitstatus.go,
+//     services/context/api.go Error). A repository it was not told of is 404
+//     (GitHub "Not Found"; Forgejo "The target couldn't be found.", from
+//     routers/api/v1/api.go repoAssignment). Forgejo's GET git/commits/{sha}
+//     answers an unknown commit 404 with the sha as message (forgejo
+//     routers/api/v1/repo/commits.go getCommit).
+//   - GitHub's rate limits (docs.github.com/rest/using-the-rest-api/
+//     rate-limits-for-the-rest-api). Every answer carries x-ratelimit-limit,
+//     -remaining, -used, -reset (UTC epoch seconds) and -resource ("core"),
+//     counting each answered request against 5,000 an hour. RateLimit makes
+//     the fake refuse as GitHub does: past the primary limit, 403 or 429
+//     with x-ratelimit-remaining 0 and the reset time, body "API rate limit
+//     exceeded for ..."; past a secondary limit, 403 or 429 with "You have
+//     exceeded a secondary rate limit" and the documentation_url go-github
+//     and GitHub use (".../rate-limits-for-the-rest-api#about-secondary-rate-limits",
+//     see ossf/criticality_score#813), with retry-after, or x-ratelimit-remaining
+//     0 and -reset, or neither ("wait for at least one minute").
+//   - Forgejo has no rate limit on its API: no rate-limit headers, and no
+//     429 from Forgejo itself (its only limiter, routers/common
+//     RateLimitExpensiveEndpoints, guards compare and blob-excerpt pages, not
+//     the API). RateLimit on a Forgejo fake therefore plays a reverse proxy
+//     in front of it configured to limit requests: 429 with Retry-After in
+//     seconds and an HTML body, not JSON.
+//
+// # Where the fakes still differ from the forges
+//
+//   - Open mode: a fake that was told of no repository (no AddCommits or
+//     ServeRepo) takes every repository and every well-formed sha (40 or 64
+//     hex digits) as existing. Tests that are not about the forge use it;
+//     tests of what the forge refuses register their commits.
+//   - One token, with every right: no scopes, no read-only tokens, no 403
+//     "Resource not accessible by integration", no 404 for a repository the
+//     token cannot see; GitHub's failed-login lockout is not played.
+//   - GitHub: abbreviated shas and refs are not resolved (a status is posted
+//     to the full sha only); the 1,000-statuses-per-context limit is not
+//     kept; unauthenticated requests count against the same 5,000 as
+//     authenticated ones; messages of 401/404 are GitHub's, other fields
+//     (request ids, headers like x-github-request-id) are left out.
+//   - Forgejo: messages of 401 are illustrative (clients go by the code);
+//     a state outside pending/success/error/failure/warning is answered 422,
+//     which was not checked against Forgejo's binding (flakeship never sends
+//     one); an abbreviated sha is not resolved (Forgejo's GetCommit would);
+//     the git/commits answer carries only sha, url, html_url and created.
+//   - Both: list endpoints ignore paging and need the token, as private
+//     repositories do; statuses live only in memory.
 package forgetest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -52,7 +124,42 @@ type Request struct {
 	Path   string // unescaped URL path, with any prefix
 	Header http.Header
 	Body   []byte
+	Time   time.Time // when it arrived
+	// RateLimited is set when the fake refused the request under RateLimit.
+	RateLimited bool
 }
+
+// Limit is a rate-limit refusal the fake plays (see RateLimit).
+type Limit struct {
+	// Secondary makes it GitHub's secondary rate limit rather than the
+	// primary one. A Forgejo fake ignores it.
+	Secondary bool
+	// Code is GitHub's answer, 403 (the default) or 429: the docs name
+	// both. A Forgejo fake always answers 429.
+	Code int
+	// Until is when the fake serves again. It is rounded up to a whole
+	// second, as x-ratelimit-reset (epoch seconds) and Retry-After
+	// (seconds) can only say whole seconds.
+	Until time.Time
+	// Hint says which header of a GitHub secondary limit tells when to
+	// come back. The primary limit always says it with x-ratelimit-reset;
+	// a Forgejo fake always with Retry-After.
+	Hint Hint
+}
+
+// Hint is the header of a GitHub secondary-limit refusal that says when to
+// come back.
+type Hint int
+
+// The hints of a secondary limit, as GitHub's docs list them.
+const (
+	// HintRetryAfter sends retry-after: the seconds to wait.
+	HintRetryAfter Hint = iota
+	// HintReset sends x-ratelimit-remaining 0 and x-ratelimit-reset.
+	HintReset
+	// HintNone sends neither: the client is to wait at least a minute.
+	HintNone
+)
 
 // Option changes how a fake is set up.
 type Option func(*Server)
@@ -79,6 +186,20 @@ type Server struct {
 	failCode int
 	down     bool
 	changed  chan struct{} // closed and replaced whenever statuses or requests grow
+	// repos are the repositories the fake knows, by lower-case owner/name;
+	// none means open mode (every repository and well-formed sha exists).
+	repos map[string]*repository
+	// limit is the rate-limit refusal in force, if any.
+	limit *Limit
+	// used counts GitHub's answered requests in the hour ending at resetAt.
+	used    int
+	resetAt time.Time
+}
+
+// repository is what the fake knows of one repository's commits.
+type repository struct {
+	shas   map[string]bool // lower-case hex, from AddCommits
+	gitDir string          // a git repository to look commits up in, or ""
 }
 
 // forgejoVersion is what the fake's /api/v1/version reports: a Forgejo
@@ -87,6 +208,10 @@ const forgejoVersion = "7.0.16+gitea-1.21.11"
 
 // maxBody bounds what the fake reads of a request body.
 const maxBody = 1 << 20
+
+// githubHourlyLimit is the primary rate limit of an authenticated user on
+// GitHub: 5,000 requests an hour.
+const githubHourlyLimit = 5000
 
 var (
 	// shaRE is what the fake takes for a commit id: SHA-1 or SHA-256 hex.
@@ -127,6 +252,7 @@ func NewForgejo(t testing.TB, token string, opts ...Option) *Server {
 	mux.HandleFunc("POST "+api+"/repos/{owner}/{repo}/statuses/{sha}", s.forgejoCreate)
 	mux.HandleFunc("GET "+api+"/repos/{owner}/{repo}/statuses/{ref}", s.forgejoList)
 	mux.HandleFunc("GET "+api+"/repos/{owner}/{repo}/commits/{ref}/statuses", s.forgejoList)
+	mux.HandleFunc("GET "+api+"/repos/{owner}/{repo}/git/commits/{sha}", s.forgejoCommit)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.forgejoError(w, r, http.StatusNotFound, "Not Found")
 	})
@@ -172,23 +298,135 @@ func (s *Server) intake(next http.Handler) http.Handler {
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 
+		now := time.Now()
 		s.mu.Lock()
-		s.requests = append(s.requests, Request{
-			Method: r.Method,
-			Path:   r.URL.Path,
-			Header: r.Header.Clone(),
-			Body:   body,
-		})
 		down := s.down
+		limit := s.limitLocked(now)
+		s.requests = append(s.requests, Request{
+			Method:      r.Method,
+			Path:        r.URL.Path,
+			Header:      r.Header.Clone(),
+			Body:        body,
+			Time:        now,
+			RateLimited: !down && limit != nil,
+		})
+		var rate rateHeaders
+		if s.kind == "github" && !down {
+			rate = s.countLocked(now)
+		}
 		s.notifyLocked()
 		s.mu.Unlock()
 
-		if down {
+		switch {
+		case down:
 			hangUp(w)
-			return
+		case limit != nil && s.kind == "github":
+			githubRefuse(w, *limit, rate, now)
+		case limit != nil:
+			proxyRefuse(w, *limit, now)
+		default:
+			if s.kind == "github" {
+				rate.set(w.Header())
+			}
+			next.ServeHTTP(w, r)
 		}
-		next.ServeHTTP(w, r)
 	})
+}
+
+// limitLocked returns the rate limit in force at now, or nil; s.mu must be
+// held.
+func (s *Server) limitLocked(now time.Time) *Limit {
+	if s.limit != nil && !now.Before(s.limit.Until) {
+		s.limit = nil
+	}
+	return s.limit
+}
+
+// rateHeaders are the x-ratelimit-* values of one GitHub answer.
+type rateHeaders struct {
+	limit, remaining, used int
+	reset                  time.Time
+}
+
+// set writes them as GitHub does on every REST answer
+// (docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api,
+// "Checking the status of your rate limit").
+func (h rateHeaders) set(hdr http.Header) {
+	hdr.Set("X-Ratelimit-Limit", strconv.Itoa(h.limit))
+	hdr.Set("X-Ratelimit-Remaining", strconv.Itoa(h.remaining))
+	hdr.Set("X-Ratelimit-Used", strconv.Itoa(h.used))
+	hdr.Set("X-Ratelimit-Reset", strconv.FormatInt(h.reset.Unix(), 10))
+	hdr.Set("X-Ratelimit-Resource", "core")
+}
+
+// countLocked counts one request against the hour's primary limit and
+// returns the headers of its answer; s.mu must be held.
+func (s *Server) countLocked(now time.Time) rateHeaders {
+	if !now.Before(s.resetAt) {
+		s.used = 0
+		s.resetAt = ceilSecond(now.Add(time.Hour))
+	}
+	if s.used < githubHourlyLimit {
+		s.used++
+	}
+	return rateHeaders{limit: githubHourlyLimit, remaining: githubHourlyLimit - s.used, used: s.used, reset: s.resetAt}
+}
+
+// ceilSecond rounds t up to a whole second.
+func ceilSecond(t time.Time) time.Time {
+	c := t.Truncate(time.Second)
+	if c.Equal(t) {
+		return t
+	}
+	return c.Add(time.Second)
+}
+
+// secondsUntil is the whole seconds from now to t, rounded up, at least 1.
+func secondsUntil(t, now time.Time) int64 {
+	d := t.Sub(now)
+	secs := int64(d / time.Second)
+	if d%time.Second != 0 {
+		secs++
+	}
+	return max(secs, 1)
+}
+
+// githubRefuse answers as GitHub does past a rate limit
+// (docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api,
+// "Exceeding the rate limit").
+func githubRefuse(w http.ResponseWriter, l Limit, rate rateHeaders, now time.Time) {
+	code := l.Code
+	if code == 0 {
+		code = http.StatusForbidden
+	}
+	body := map[string]string{"status": strconv.Itoa(code)}
+	switch {
+	case !l.Secondary:
+		rate.remaining, rate.used, rate.reset = 0, rate.limit, l.Until
+		body["message"] = "API rate limit exceeded for user ID 1. If you reach out to GitHub Support for help, please include the request ID FAKE:0001:0001."
+		body["documentation_url"] = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
+	default:
+		switch l.Hint {
+		case HintRetryAfter:
+			w.Header().Set("Retry-After", strconv.FormatInt(secondsUntil(l.Until, now), 10))
+		case HintReset:
+			rate.remaining, rate.used, rate.reset = 0, rate.limit, l.Until
+		}
+		body["message"] = "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. If you reach out to GitHub Support for help, please include the request ID FAKE:0001:0001."
+		body["documentation_url"] = "https://docs.github.com/free-pro-team@latest/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"
+	}
+	rate.set(w.Header())
+	writeJSON(w, code, body)
+}
+
+// proxyRefuse answers as a reverse proxy in front of Forgejo that limits
+// requests: 429, Retry-After in seconds, an HTML page. Forgejo itself has no
+// API rate limit (see the package doc).
+func proxyRefuse(w http.ResponseWriter, l Limit, now time.Time) {
+	w.Header().Set("Retry-After", strconv.FormatInt(secondsUntil(l.Until, now), 10))
+	w.Header().Set("Content-Type", "text/html")
+	w.WriteHeader(http.StatusTooManyRequests)
+	_, _ = io.WriteString(w, "<html><body><h1>429 Too Many Requests</h1>\nYou have sent too many requests in a given amount of time.\n</body></html>\n")
 }
 
 // hangUp closes the connection without an answer, as a forge that is down (or
@@ -229,7 +467,7 @@ func (s *Server) Requests() []Request {
 	defer s.mu.Unlock()
 	out := make([]Request, len(s.requests))
 	for i, r := range s.requests {
-		out[i] = Request{Method: r.Method, Path: r.Path, Header: r.Header.Clone(), Body: bytes.Clone(r.Body)}
+		out[i] = Request{Method: r.Method, Path: r.Path, Header: r.Header.Clone(), Body: bytes.Clone(r.Body), Time: r.Time, RateLimited: r.RateLimited}
 	}
 	return out
 }
@@ -241,6 +479,79 @@ func (s *Server) FailNext(n, code int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.failLeft, s.failCode = n, code
+}
+
+// RateLimit makes the fake refuse every request as the forge does past a
+// rate limit (see Limit and the package doc), until l.Until; then it serves
+// again. Refused requests are recorded with RateLimited set; they are not
+// statuses.
+func (s *Server) RateLimit(l Limit) {
+	l.Until = ceilSecond(l.Until)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.limit = &l
+}
+
+// AddCommits tells the fake that the repository repo ("owner/name") exists
+// and holds these commits. Once it knows any repository, the fake answers a
+// status for an unknown repository or commit as the forge does (see the
+// package doc).
+func (s *Server) AddCommits(repo string, shas ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.repoLocked(repo)
+	for _, sha := range shas {
+		r.shas[strings.ToLower(sha)] = true
+	}
+}
+
+// ServeRepo tells the fake that the repository repo ("owner/name") exists
+// and holds whatever commits the git repository at gitDir has (a bare
+// repository the test pushes to), looked up when a request names one, as a
+// forge looks them up in the repository it hosts.
+func (s *Server) ServeRepo(repo, gitDir string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.repoLocked(repo).gitDir = gitDir
+}
+
+func (s *Server) repoLocked(repo string) *repository {
+	if s.repos == nil {
+		s.repos = map[string]*repository{}
+	}
+	key := strings.ToLower(repo)
+	r := s.repos[key]
+	if r == nil {
+		r = &repository{shas: map[string]bool{}}
+		s.repos[key] = r
+	}
+	return r
+}
+
+// lookup reports whether the forge has the repository and, if so, the
+// commit.
+func (s *Server) lookup(ctx context.Context, repo, sha string) (repoExists, commitExists bool) {
+	s.mu.Lock()
+	open := s.repos == nil
+	var shas map[string]bool
+	var gitDir string
+	if r := s.repos[strings.ToLower(repo)]; r != nil {
+		repoExists = true
+		shas, gitDir = r.shas, r.gitDir
+		commitExists = shas[strings.ToLower(sha)]
+	}
+	s.mu.Unlock()
+	switch {
+	case open:
+		return true, shaRE.MatchString(sha)
+	case !repoExists || commitExists || gitDir == "" || !shaRE.MatchString(sha):
+		return repoExists, commitExists
+	}
+	// The sha is hex, so it cannot pass for an option of git.
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err := exec.CommandContext(ctx, "git", "--git-dir="+gitDir, "cat-file", "-e", sha+"^{commit}").Run()
+	return true, err == nil
 }
 
 // SetDown makes the fake drop every connection without an answer (down=true)
@@ -412,8 +723,12 @@ func (s *Server) githubError(w http.ResponseWriter, code int, msg string, errs [
 	writeJSON(w, code, body)
 }
 
+// githubAuthorized takes the token in the two header forms GitHub documents:
+// "Bearer <token>" and "token <token>"
+// (docs.github.com/rest/authentication/authenticating-to-the-rest-api).
 func (s *Server) githubAuthorized(r *http.Request) bool {
-	return r.Header.Get("Authorization") == "Bearer "+s.token
+	h := r.Header.Get("Authorization")
+	return h == "Bearer "+s.token || h == "token "+s.token
 }
 
 func (s *Server) githubCreate(w http.ResponseWriter, r *http.Request) {
@@ -427,13 +742,23 @@ func (s *Server) githubCreate(w http.ResponseWriter, r *http.Request) {
 	}
 	repo := r.PathValue("owner") + "/" + r.PathValue("repo")
 	sha := r.PathValue("sha")
-	if !shaRE.MatchString(sha) {
-		s.githubError(w, http.StatusUnprocessableEntity, "No commit found for SHA: "+sha, nil)
+	repoExists, commitExists := s.lookup(r.Context(), repo, sha)
+	if !repoExists {
+		s.githubError(w, http.StatusNotFound, "Not Found", nil)
 		return
 	}
 	var in statusBody
 	if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
 		s.githubError(w, http.StatusBadRequest, "Problems parsing JSON", nil)
+		return
+	}
+	if !commitExists {
+		// kubernetes/test-infra#21987 quotes this answer from GitHub.
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]string{
+			"message":           "No commit found for SHA: " + sha,
+			"documentation_url": githubDocs,
+			"status":            "422",
+		})
 		return
 	}
 	if in.State == nil {
@@ -562,14 +887,30 @@ func (s *Server) forgejoError(w http.ResponseWriter, r *http.Request, code int, 
 	})
 }
 
-// forgejoAuthorized takes the token the ways Forgejo does in a header.
+// forgejoAuthorized takes the token the ways Forgejo does in a header:
+// "token <token>" or "bearer <token>", scheme in any case, exactly two
+// fields (forgejo services/auth/oauth2.go parseToken); or Basic with the
+// token as user name, the password empty or "x-oauth-basic", or as password
+// (forgejo services/auth/basic.go Verify).
 func (s *Server) forgejoAuthorized(r *http.Request) bool {
-	h := r.Header.Get("Authorization")
-	scheme, tok, ok := strings.Cut(h, " ")
-	if !ok {
-		return false
+	if user, pass, ok := r.BasicAuth(); ok {
+		if pass == "" || pass == "x-oauth-basic" {
+			return user == s.token
+		}
+		return pass == s.token
 	}
-	return (strings.EqualFold(scheme, "token") || strings.EqualFold(scheme, "bearer")) && tok == s.token
+	f := strings.Fields(r.Header.Get("Authorization"))
+	return len(f) == 2 && (strings.EqualFold(f[0], "token") || strings.EqualFold(f[0], "bearer")) && f[1] == s.token
+}
+
+// forgejoNotFound answers as Forgejo's ctx.NotFound does
+// (forgejo services/context/api.go).
+func (s *Server) forgejoNotFound(w http.ResponseWriter, r *http.Request, msg string) {
+	writeJSON(w, http.StatusNotFound, map[string]any{
+		"message": msg,
+		"url":     "http://" + r.Host + s.prefix + "/api/swagger",
+		"errors":  []string{},
+	})
 }
 
 func (s *Server) forgejoCreate(w http.ResponseWriter, r *http.Request) {
@@ -584,8 +925,9 @@ func (s *Server) forgejoCreate(w http.ResponseWriter, r *http.Request) {
 	}
 	repo := r.PathValue("owner") + "/" + r.PathValue("repo")
 	sha := r.PathValue("sha")
-	if !shaRE.MatchString(sha) {
-		s.forgejoError(w, r, http.StatusUnprocessableEntity, "sha is not a commit id: "+sha)
+	repoExists, commitExists := s.lookup(r.Context(), repo, sha)
+	if !repoExists {
+		s.forgejoNotFound(w, r, "The target couldn't be found.")
 		return
 	}
 	var in statusBody
@@ -595,6 +937,13 @@ func (s *Server) forgejoCreate(w http.ResponseWriter, r *http.Request) {
 	}
 	if !statusStates["forgejo"][deref(in.State)] {
 		s.forgejoError(w, r, http.StatusUnprocessableEntity, fmt.Sprintf("invalid commit status state %q", deref(in.State)))
+		return
+	}
+	if !commitExists {
+		// CreateCommitStatus fails in GetCommit and the handler answers
+		// ctx.Error(500, ...), which in production shows a token that is
+		// not a site admin's no message.
+		s.forgejoError(w, r, http.StatusInternalServerError, "")
 		return
 	}
 	rec, id := s.record(Recorded{
@@ -619,6 +968,32 @@ func (s *Server) forgejoList(w http.ResponseWriter, r *http.Request) {
 		out[i] = s.forgejoStatus(r, recs[i], ids[i])
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// forgejoCommit answers GET git/commits/{sha}: the commit, or 404 with the
+// sha as message (forgejo routers/api/v1/repo/commits.go getCommit).
+func (s *Server) forgejoCommit(w http.ResponseWriter, r *http.Request) {
+	if !s.forgejoAuthorized(r) {
+		s.forgejoError(w, r, http.StatusUnauthorized, "token is required")
+		return
+	}
+	repo := r.PathValue("owner") + "/" + r.PathValue("repo")
+	sha := r.PathValue("sha")
+	repoExists, commitExists := s.lookup(r.Context(), repo, sha)
+	switch {
+	case !repoExists:
+		s.forgejoNotFound(w, r, "The target couldn't be found.")
+	case !commitExists:
+		s.forgejoNotFound(w, r, sha)
+	default:
+		root := "http://" + r.Host + s.prefix
+		writeJSON(w, http.StatusOK, map[string]string{
+			"url":      fmt.Sprintf("%s/api/v1/repos/%s/git/commits/%s", root, repo, sha),
+			"sha":      sha,
+			"created":  "2024-01-01T00:00:00Z",
+			"html_url": fmt.Sprintf("%s/%s/commit/%s", root, repo, sha),
+		})
+	}
 }
 
 func (s *Server) forgejoStatus(r *http.Request, rec Recorded, id int64) forgejoStatus {

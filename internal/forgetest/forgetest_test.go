@@ -2,6 +2,7 @@ package forgetest
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -90,7 +91,8 @@ func TestGitHubFakeAnswersLikeGitHub(t *testing.T) {
 		{name: "a status without a context gets the default one", method: "POST", url: post, auth: "Bearer " + token, body: `{"state":"pending"}`, wantCode: 201},
 		{name: "no Authorization is refused", method: "POST", url: post, body: ok, wantCode: 401, wantMessage: "Bad credentials"},
 		{name: "a wrong token is refused", method: "POST", url: post, auth: "Bearer nope", body: ok, wantCode: 401, wantMessage: "Bad credentials"},
-		{name: "the token scheme is not Bearer", method: "POST", url: post, auth: "token " + token, body: ok, wantCode: 401, wantMessage: "Bad credentials"},
+		{name: "the token scheme is taken as GitHub takes it", method: "POST", url: post, auth: "token " + token, body: ok, wantCode: 201},
+		{name: "a wrong token under the token scheme is refused", method: "POST", url: post, auth: "token nope", body: ok, wantCode: 401, wantMessage: "Bad credentials"},
 		{name: "an unknown state is invalid", method: "POST", url: post, auth: "Bearer " + token, body: `{"state":"warning"}`, wantCode: 422, wantMessage: "Validation Failed"},
 		{name: "a missing state is invalid", method: "POST", url: post, auth: "Bearer " + token, body: `{"context":"x"}`, wantCode: 422},
 		{name: "a description over 140 characters is invalid", method: "POST", url: post, auth: "Bearer " + token,
@@ -98,7 +100,7 @@ func TestGitHubFakeAnswersLikeGitHub(t *testing.T) {
 		{name: "exactly 140 characters of description pass", method: "POST", url: post, auth: "Bearer " + token,
 			body: `{"state":"success","description":"` + strings.Repeat("é", 140) + `"}`, wantCode: 201},
 		{name: "a truncated body is a parse error", method: "POST", url: post, auth: "Bearer " + token, body: `{"state":`, wantCode: 400, wantMessage: "Problems parsing JSON"},
-		{name: "a short sha is no commit", method: "POST", url: s.URL() + "repos/owner/app/statuses/abc1234", auth: "Bearer " + token, body: ok, wantCode: 422},
+		{name: "a short sha is no commit", method: "POST", url: s.URL() + "repos/owner/app/statuses/abc1234", auth: "Bearer " + token, body: ok, wantCode: 422, wantMessage: "No commit found for SHA: abc1234"},
 		{name: "an unknown path is not found", method: "POST", url: s.URL() + "api/v1/repos/owner/app/statuses/" + sha, auth: "Bearer " + token, body: ok, wantCode: 404, wantMessage: "Not Found"},
 		{name: "GET on the create path is not found", method: "GET", url: post, auth: "Bearer " + token, wantCode: 404},
 		{name: "the list needs the token", method: "GET", url: s.URL() + "repos/owner/app/commits/" + sha + "/statuses", wantCode: 401},
@@ -122,8 +124,8 @@ func TestGitHubFakeAnswersLikeGitHub(t *testing.T) {
 	}
 
 	got := s.Statuses()
-	if len(got) != 3 {
-		t.Fatalf("recorded %d statuses, want the 3 created: %+v", len(got), got)
+	if len(got) != 4 {
+		t.Fatalf("recorded %d statuses, want the 4 created: %+v", len(got), got)
 	}
 	first := got[0]
 	first.Time = time.Time{}
@@ -200,13 +202,20 @@ func TestForgejoFakeAnswersLikeForgejo(t *testing.T) {
 		{name: "the version needs no token", method: "GET", url: api + "version", wantCode: 200},
 		{name: "a status with a token header is created", method: "POST", url: post, auth: "token " + token, body: ok, wantCode: 201},
 		{name: "a status with a Bearer header is created", method: "POST", url: post, auth: "Bearer " + token, body: ok, wantCode: 201},
+		{name: "the scheme is taken in any case", method: "POST", url: post, auth: "TOKEN " + token, body: ok, wantCode: 201},
+		{name: "fields may be apart by more than one space", method: "POST", url: post, auth: "token   " + token, body: ok, wantCode: 201},
+		{name: "basic auth with the token as user name", method: "POST", url: post, auth: basic(token, ""), body: ok, wantCode: 201},
+		{name: "basic auth with the token as user and x-oauth-basic", method: "POST", url: post, auth: basic(token, "x-oauth-basic"), body: ok, wantCode: 201},
+		{name: "basic auth with the token as password", method: "POST", url: post, auth: basic("bot", token), body: ok, wantCode: 201},
+		{name: "basic auth with a wrong password", method: "POST", url: post, auth: basic("bot", "nope"), body: ok, wantCode: 401},
+		{name: "a third field is refused", method: "POST", url: post, auth: "token " + token + " extra", body: ok, wantCode: 401},
 		{name: "warning is a Forgejo state", method: "POST", url: post, auth: "token " + token, body: `{"state":"warning","context":"c"}`, wantCode: 201},
 		{name: "no Authorization is refused", method: "POST", url: post, body: ok, wantCode: 401},
 		{name: "a wrong token is refused", method: "POST", url: post, auth: "token nope", body: ok, wantCode: 401},
-		{name: "basic auth is refused", method: "POST", url: post, auth: "Basic " + token, body: ok, wantCode: 401},
+		{name: "a token after Basic, not base64, is refused", method: "POST", url: post, auth: "Basic " + token, body: ok, wantCode: 401},
 		{name: "an unknown state is invalid", method: "POST", url: post, auth: "token " + token, body: `{"state":"done"}`, wantCode: 422},
 		{name: "a truncated body is invalid", method: "POST", url: post, auth: "token " + token, body: `{"state":`, wantCode: 422},
-		{name: "a short sha is no commit", method: "POST", url: api + "repos/owner/app/statuses/abc1234", auth: "token " + token, body: ok, wantCode: 422},
+		{name: "a short sha is no commit: Forgejo answers 500", method: "POST", url: api + "repos/owner/app/statuses/abc1234", auth: "token " + token, body: ok, wantCode: 500},
 		{name: "the GitHub path is not found", method: "POST", url: s.URL() + "repos/owner/app/statuses/" + sha, auth: "token " + token, body: ok, wantCode: 404},
 		{name: "the list needs the token", method: "GET", url: post, wantCode: 401},
 	}
@@ -231,9 +240,14 @@ func TestForgejoFakeAnswersLikeForgejo(t *testing.T) {
 	if field(v, "version") != forgejoVersion {
 		t.Errorf("version = %v, want %q", v, forgejoVersion)
 	}
-	if got := len(s.Statuses()); got != 3 {
-		t.Errorf("recorded %d statuses, want the 3 created", got)
+	if got := len(s.Statuses()); got != 8 {
+		t.Errorf("recorded %d statuses, want the 8 created", got)
 	}
+}
+
+// basic is a Basic Authorization header.
+func basic(user, pass string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
 }
 
 func TestForgejoFakeSpeaksToGiteaSDK(t *testing.T) {
