@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -130,6 +131,17 @@ func (ss *statusSender) run(ctx context.Context) {
 				if ctx.Err() != nil {
 					ss.requeue(q)
 					return
+				}
+				if errors.Is(err, notifier.ErrUnknownCommit) {
+					// No retry makes the forge learn of a commit it does
+					// not have: the status is given up at once, and counted
+					// as done so that no restart posts it again.
+					ss.log.Error("commit status dropped: the forge does not have the commit", "repo", q.status.Repo,
+						"sha", short(q.status.SHA), "state", q.status.State, "err", err)
+					if q.final && ss.posted != nil {
+						ss.posted(q.deployID)
+					}
+					continue
 				}
 				if ss.now().Sub(q.since) > ss.maxAge {
 					ss.log.Error("commit status dropped after retries", "repo", q.status.Repo,

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,5 +55,57 @@ func TestStatusSenderPostsTheNewestStatusOfACommitLast(t *testing.T) {
 	posted := fake.Statuses()
 	if len(posted) == 0 || posted[len(posted)-1].State != "error" {
 		t.Fatalf("posted %+v, want the error last", posted)
+	}
+}
+
+// TestStatusSenderGivesUpAtOnceOnACommitTheForgeDoesNotHave posts the final
+// status of a commit the forge does not have: the forge's refusal (GitHub's
+// 422) ends it at once, with no retry every few seconds for an hour, and the
+// deploy counts as posted so that a restart does not post it again. A
+// status of a commit the forge has still goes through after it.
+func TestStatusSenderGivesUpAtOnceOnACommitTheForgeDoesNotHave(t *testing.T) {
+	known := "abc1234def5678abc1234def5678abc1234def56"
+	unknown := "0000000def5678abc1234def5678abc1234def56"
+	fake := forgetest.NewGitHub(t, "tok")
+	fake.AddCommits("acme/app", known)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	n, err := notifier.NewGitHub(notifier.GitHubOptions{BaseURL: fake.URL(), Token: "tok", Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var posted []int64
+	ss := newStatusSender(n, log, time.Now, func(id int64) { posted = append(posted, id) })
+	// A retry of a failed status would come after a minute, long after
+	// the flush below gives up.
+	ss.retry = time.Minute
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { ss.run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	st := func(sha string) forge.Status {
+		return forge.Status{Repo: "acme/app", SHA: sha, Context: "flakeship/app", State: forge.Success, Description: "Deployed"}
+	}
+	ss.send(st(unknown), 7, true)
+	ss.send(st(known), 8, true)
+	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancelFlush()
+	if err := ss.flush(flushCtx); err != nil {
+		t.Fatalf("flush: %v: a status is still waiting for a retry", err)
+	}
+	var tries int
+	for _, r := range fake.Requests() {
+		if strings.Contains(r.Path, unknown) {
+			tries++
+		}
+	}
+	if tries != 1 {
+		t.Errorf("the status of a commit the forge does not have was posted %d times, want 1", tries)
+	}
+	if got := fake.Statuses(); len(got) != 1 || got[0].SHA != known {
+		t.Errorf("statuses on the forge: %+v, want the known commit's only", got)
+	}
+	if !slices.Equal(posted, []int64{7, 8}) {
+		t.Errorf("deploys counted as posted: %v, want [7 8]", posted)
 	}
 }
