@@ -19,8 +19,8 @@ import (
 // TestMetricsCountADeployAndEachDelivery deploys one healthy push and sends
 // a delivery with a bad signature and an oversized one, then reads
 // GET /metrics as Prometheus would: one succeeded deploy, each of its four
-// steps timed once, nothing left in progress, and each delivery counted under
-// the status it was answered with.
+// steps timed once, nothing left in progress, each delivery counted under
+// the status it was answered with, and the push stored by one group commit.
 func TestMetricsCountADeployAndEachDelivery(t *testing.T) {
 	a := newApp(t, "github")
 	f := a.start()
@@ -71,6 +71,9 @@ func TestMetricsCountADeployAndEachDelivery(t *testing.T) {
 		{"flakeship_builds_in_progress", nil, 0},
 		{"flakeship_deploys_in_progress", []string{"target", "app"}, 0},
 		{"flakeship_queue_waiting", nil, 0},
+		// The one push was stored by one group commit of the intake.
+		{"flakeship_intake_commit_seconds", nil, 1},
+		{"flakeship_intake_commit_submissions", nil, 1},
 		{"flakeship_build_info", []string{"version", "dev"}, 1},
 	} {
 		got, ok := m.value(tc.name, tc.labels...)

@@ -3,12 +3,15 @@
 # (scripts/bench): the same steps flakeship takes for a service target, with
 # nothing around them. Fetch the branch into a bare cache, build the exact
 # commit into a nix profile, restart the unit, poll the health URL until it
-# answers 2xx.
+# answers 2xx. The polling is bench/healthwait's: flakeship's own schedule
+# and kind of client (at once, then from 10 ms doubling to 1 s, a fresh
+# connection each time), so both sides wait for the service alike.
 #
 #   deploy.sh CACHE CLONE_URL SHA PROFILE ATTR UNIT HEALTH_URL
 #
 # NIX_FLAGS (shell words) are passed to every nix call, as flakeship passes
-# FLAKESHIP_NIX_FLAGS.
+# FLAKESHIP_NIX_FLAGS. HEALTHWAIT is the bench/healthwait binary (default:
+# healthwait from PATH).
 set -euo pipefail
 if [ "$#" -ne 7 ]; then
 	echo "usage: deploy.sh CACHE CLONE_URL SHA PROFILE ATTR UNIT HEALTH_URL" >&2
@@ -20,11 +23,4 @@ eval "nix_flags=(${NIX_FLAGS:-})"
 git -C "$cache" fetch --quiet origin +refs/heads/main:refs/heads/main
 nix "${nix_flags[@]}" build --profile "$profile" "git+file://$cache?ref=main&rev=$sha#$attr"
 systemctl --user restart "$unit"
-for _ in $(seq 600); do
-	if curl -fsS -o /dev/null --max-time 2 "$health" 2>/dev/null; then
-		exit 0
-	fi
-	sleep 0.05
-done
-echo "deploy.sh: $health did not answer 2xx within 30s" >&2
-exit 1
+exec "${HEALTHWAIT:-healthwait}" -timeout 30s "$health"

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"errors"
+	"time"
 )
 
 // ErrInvalid is returned (wrapped with the reason) for a manual request
@@ -45,4 +46,24 @@ type Observer interface {
 	// Waiting is called with the number of deploys queued behind running
 	// ones whenever it may have changed.
 	Waiting(n int)
+}
+
+// IntakeObserver is what an Observer may also implement to be told of each
+// group commit of the intake (see Queue.commitIntake), for metrics. It is
+// separate from Observer so that observers without it keep working; the
+// queue finds it by a type assertion on Options.Observer. It is called
+// with the queue's lock held: it must be quick and not call back.
+type IntakeObserver interface {
+	// IntakeCommit is called after a commit of n submissions (new
+	// deploys and redeliveries alike) that held the queue for took,
+	// whether the commit succeeded or not.
+	IntakeCommit(n int, took time.Duration)
+}
+
+// observeCommit tells the observer, if it is an IntakeObserver, of a
+// commit of n submissions that started at start.
+func (q *Queue) observeCommit(n int, start time.Time) {
+	if o, ok := q.observer.(IntakeObserver); ok {
+		o.IntakeCommit(n, time.Since(start))
+	}
 }

@@ -392,6 +392,7 @@ func (q *Queue) commitLocked(ctx context.Context, batch []*submission) {
 		}
 		return
 	}
+	defer q.observeCommit(len(batch), time.Now())
 	var (
 		created []*submission
 		plan    []supersession

@@ -1,10 +1,10 @@
 // Package metrics keeps flakeship's Prometheus metrics: deploys by outcome,
-// step and deploy durations, the queue, builds in progress and webhook
-// deliveries, on a registry of its own (with the Go runtime and process
+// step and deploy durations, the queue, builds in progress, webhook
+// deliveries and the intake's group commits, on a registry of its own (with the Go runtime and process
 // collectors), served by Handler.
 //
-// A Metrics is the deploy queue's deploy.Observer and the server's
-// DeliveryObserver. The queue calls it with its lock held, so every method is
+// A Metrics is the deploy queue's deploy.Observer (and IntakeObserver) and
+// the server's DeliveryObserver. The queue calls it with its lock held, so every method is
 // quick, never blocks on I/O and never calls back into deploy.
 package metrics
 
@@ -42,6 +42,8 @@ type Metrics struct {
 	builds     prometheus.Gauge         // builds_in_progress
 	running    *prometheus.GaugeVec     // deploys_in_progress{target}
 	deliveries *prometheus.CounterVec   // webhook_deliveries_total{forge,code}
+	commits    prometheus.Histogram     // intake_commit_seconds
+	committed  prometheus.Histogram     // intake_commit_submissions
 
 	// The gauges of work in progress count the deploys this process saw
 	// enter that work. A deploy recovered after a crash leaves a state it
@@ -52,7 +54,10 @@ type Metrics struct {
 	inProgress map[int64]string // running deploys and their targets
 }
 
-var _ deploy.Observer = (*Metrics)(nil)
+var (
+	_ deploy.Observer       = (*Metrics)(nil)
+	_ deploy.IntakeObserver = (*Metrics)(nil)
+)
 
 // New makes the metrics of the named targets on a registry of their own. The
 // count of each target's deploys in each end state, and of its deploys in
@@ -102,6 +107,18 @@ func New(targets []string, opts Options) *Metrics {
 			Name:      "webhook_deliveries_total",
 			Help:      "Webhook deliveries answered, by forge and HTTP status code.",
 		}, []string{"forge", "code"}),
+		commits: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "intake_commit_seconds",
+			Help:      "How long each group commit of submitted deploys held the deploy queue: one transaction and its sync.",
+			Buckets:   []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1},
+		}),
+		committed: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "intake_commit_submissions",
+			Help:      "Submitted deploys (pushes, redeliveries, manual deploys) stored by each group commit.",
+			Buckets:   prometheus.ExponentialBuckets(1, 2, 10), // 1 to 512
+		}),
 		building:   map[int64]bool{},
 		inProgress: map[int64]string{},
 	}
@@ -122,7 +139,7 @@ func New(targets []string, opts Options) *Metrics {
 		m.running.WithLabelValues(t)
 	}
 	m.reg.MustRegister(
-		m.deploys, m.steps, m.durations, m.waiting, m.builds, m.running, m.deliveries, info,
+		m.deploys, m.steps, m.durations, m.waiting, m.builds, m.running, m.deliveries, m.commits, m.committed, info,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -191,6 +208,13 @@ func (m *Metrics) Transition(d *deploy.Deploy, from deploy.State) {
 // Waiting implements deploy.Observer: n targets have a deploy waiting.
 func (m *Metrics) Waiting(n int) {
 	m.waiting.Set(float64(n))
+}
+
+// IntakeCommit implements deploy.IntakeObserver: one group commit stored n
+// submissions and held the queue for took.
+func (m *Metrics) IntakeCommit(n int, took time.Duration) {
+	m.commits.Observe(took.Seconds())
+	m.committed.Observe(float64(n))
 }
 
 // Delivery counts one webhook delivery of forge kind answered with the HTTP

@@ -9,7 +9,14 @@
 //	    -secret-file FILE -c 64 -n 100000 -duration 10s -expect 202 [-pid PID]
 //
 // With -pid it also samples that process's resident memory while it sends
-// (rss_max_kib). The first -warmup requests are sent before measuring.
+// (rss_max_kib) and reads the CPU time it used from /proc/PID/stat
+// (cpu_seconds, and cpus: CPU seconds per second of the load). With
+// -metrics, flakeship's /metrics URL, it reads the histograms of the
+// intake's group commits before and after the load and prints what the
+// load's deliveries cost there: commits, submissions per commit, the time
+// the commits held the queue and its share of the load's time, and commit
+// time per submission. The first -warmup requests are sent before
+// measuring.
 package main
 
 import (
@@ -29,10 +36,14 @@ import (
 	"os/signal"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/flakeship/flakeship/bench/rig"
 )
@@ -52,6 +63,17 @@ type result struct {
 	Errors     int            `json:"errors"`
 	FirstError string         `json:"first_error,omitempty"`
 	RSSMaxKiB  int64          `json:"rss_max_kib,omitempty"`
+	CPUSeconds float64        `json:"cpu_seconds,omitempty"`
+	CPUs       float64        `json:"cpus,omitempty"`
+
+	// From flakeship's /metrics (-metrics): the intake's group commits
+	// during the load.
+	Commits              float64 `json:"intake_commits,omitempty"`
+	Submissions          float64 `json:"intake_submissions,omitempty"`
+	CommitSeconds        float64 `json:"intake_commit_seconds,omitempty"`
+	SubmissionsPerCommit float64 `json:"intake_submissions_per_commit,omitempty"`
+	CommitBusy           float64 `json:"intake_commit_busy,omitempty"`              // commit time / load time
+	CommitUsPerSub       float64 `json:"intake_commit_us_per_submission,omitempty"` // commit time / submissions
 }
 
 // options are load's flags.
@@ -60,6 +82,7 @@ type options struct {
 	conns, requests, warmup, expect  int
 	duration                         time.Duration
 	pid                              int
+	metrics                          string
 }
 
 func main() {
@@ -73,7 +96,8 @@ func main() {
 	flag.IntVar(&o.warmup, "warmup", 200, "requests sent before measuring")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "longest time to send for, after the warm-up")
 	flag.IntVar(&o.expect, "expect", http.StatusAccepted, "the status every answer must have")
-	flag.IntVar(&o.pid, "pid", 0, "process whose resident memory to sample while sending (0: none)")
+	flag.IntVar(&o.pid, "pid", 0, "process whose resident memory and CPU time to measure while sending (0: none)")
+	flag.StringVar(&o.metrics, "metrics", "", "flakeship's /metrics URL, to read the intake's commits from (empty: none)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -130,19 +154,54 @@ func run(ctx context.Context, o options) (*result, error) {
 		}
 	}
 
+	var before, after intake
+	if o.metrics != "" {
+		if before, err = readIntake(ctx, s.client, o.metrics); err != nil {
+			return nil, err
+		}
+	}
 	var rss rssSampler
+	var cpuBefore, cpuAfter time.Duration
 	if o.pid > 0 {
+		if cpuBefore, err = cpuTime(o.pid); err != nil {
+			return nil, err
+		}
 		rss.start(o.pid)
 	}
 	start := time.Now()
 	latencies := s.phase(ctx, o.conns, o.requests, o.duration, true)
 	elapsed := time.Since(start)
 	rssMax, rssErr := rss.stop()
+	if o.pid > 0 && rssErr == nil {
+		cpuAfter, rssErr = cpuTime(o.pid)
+	}
+	if o.metrics != "" {
+		// Every measured delivery was answered, and so committed, by now.
+		if after, err = readIntake(ctx, s.client, o.metrics); err != nil {
+			return nil, err
+		}
+	}
 
 	res := &result{
 		URL: o.url, Event: o.event, Conns: o.conns, Requests: len(latencies),
 		Seconds: elapsed.Seconds(), RPS: float64(len(latencies)) / elapsed.Seconds(),
 		Status: map[string]int{}, Errors: int(s.errors.Load()), FirstError: s.firstError(), RSSMaxKiB: rssMax,
+	}
+	if o.pid > 0 {
+		res.CPUSeconds = (cpuAfter - cpuBefore).Seconds()
+		res.CPUs = res.CPUSeconds / elapsed.Seconds()
+	}
+	if o.metrics != "" {
+		res.Commits = after.commits - before.commits
+		res.Submissions = after.submissions - before.submissions
+		res.CommitSeconds = after.seconds - before.seconds
+		res.CommitBusy = res.CommitSeconds / elapsed.Seconds()
+		if res.Commits > 0 {
+			res.SubmissionsPerCommit = res.Submissions / res.Commits
+		}
+		if res.Submissions > 0 {
+			res.CommitUsPerSub = res.CommitSeconds / res.Submissions * 1e6
+		}
 	}
 	slices.Sort(latencies)
 	res.P50ms, res.P99ms = percentile(latencies, 0.50), percentile(latencies, 0.99)
@@ -320,4 +379,84 @@ func (r *rssSampler) stop() (int64, error) {
 	close(r.done)
 	r.wg.Wait()
 	return r.max, r.err
+}
+
+// intake is what flakeship's /metrics says of the intake's group commits
+// so far: how many, the submissions they stored, and the seconds they held
+// the queue.
+type intake struct {
+	commits, submissions, seconds float64
+}
+
+// readIntake reads the intake histograms from flakeship's /metrics at u.
+func readIntake(ctx context.Context, client *http.Client, u string) (intake, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return intake{}, fmt.Errorf("metrics: %w", err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return intake{}, fmt.Errorf("metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return intake{}, fmt.Errorf("metrics: %s answered %s", u, resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return intake{}, fmt.Errorf("metrics: %w", err)
+	}
+	var in intake
+	for name, dst := range map[string][2]*float64{
+		"flakeship_intake_commit_seconds":     {&in.commits, &in.seconds},
+		"flakeship_intake_commit_submissions": {nil, &in.submissions},
+	} {
+		mf := families[name]
+		if mf == nil || len(mf.GetMetric()) != 1 || mf.GetMetric()[0].GetHistogram() == nil {
+			return intake{}, fmt.Errorf("metrics: %s has no histogram %s", u, name)
+		}
+		h := mf.GetMetric()[0].GetHistogram()
+		if dst[0] != nil {
+			*dst[0] = float64(h.GetSampleCount())
+		}
+		*dst[1] = h.GetSampleSum()
+	}
+	return in, nil
+}
+
+// clockTicks is the unit of /proc/PID/stat's CPU times: USER_HZ, 100 on
+// every Linux architecture Go runs on.
+const clockTicks = 100
+
+// cpuTime is the CPU time (user and system) process pid has used.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("cpu time: %w", err)
+	}
+	return parseStatCPU(string(b))
+}
+
+// parseStatCPU reads utime and stime, fields 14 and 15 of /proc/PID/stat,
+// counted after the command name, which is in parentheses and may hold
+// spaces and parentheses itself.
+func parseStatCPU(stat string) (time.Duration, error) {
+	end := strings.LastIndexByte(stat, ')')
+	if end < 0 {
+		return 0, errors.New("cpu time: no command name in /proc/PID/stat")
+	}
+	fields := strings.Fields(stat[end+1:]) // fields[0] is field 3, the state
+	if len(fields) < 13 {
+		return 0, errors.New("cpu time: /proc/PID/stat is too short")
+	}
+	var ticks int64
+	for _, f := range fields[11:13] {
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("cpu time: %w", err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
 }
