@@ -45,7 +45,7 @@ type hostileRig struct {
 
 func newHostileRig(t *testing.T) *hostileRig {
 	t.Helper()
-	state := t.TempDir()
+	state := stateDir(t)
 	r := &hostileRig{state: state, logs: &testenv.Buffer{}}
 	cfg := &config.Config{
 		Listen: "127.0.0.1:0", PublicURL: apiPublicURL, StateDir: state, MaxParallel: 1,
@@ -215,6 +215,7 @@ func nested(key string, depth int) []byte {
 // good delivery of each forge at the end proves the rig would have stored
 // one.
 func TestHostileDeliveriesStoreAndStartNothing(t *testing.T) {
+	t.Parallel()
 	r := newHostileRig(t)
 	push := readFile(t, "github/push-new-branch.json")
 	fjHeader, fjBody := forgejoDelivery(t, "push-2")

@@ -38,7 +38,7 @@ type retentionRig struct {
 
 func newRetentionRig(t *testing.T, keep int) *retentionRig {
 	t.Helper()
-	r := &retentionRig{state: t.TempDir(), body: readFile(t, "github/push-new-branch.json")}
+	r := &retentionRig{state: stateDir(t), body: readFile(t, "github/push-new-branch.json")}
 	cfg := &config.Config{
 		Listen: "127.0.0.1:0", PublicURL: apiPublicURL, StateDir: r.state, MaxParallel: 1,
 		Nix: "nix", BodyLimit: hostileBodyLimit, KeepDeploys: keep, KeepFor: config.MinKeepFor,
@@ -97,7 +97,7 @@ func (r *retentionRig) replay(t *testing.T, deliveries []string) map[string]int6
 		wg  sync.WaitGroup
 	)
 	next := make(chan string)
-	for range 8 {
+	for range 64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -179,6 +179,7 @@ func names(prefix string, n int) []string {
 // KEEP_DEPLOYS and whatever is younger than the redelivery window, with
 // their delivery ids, which still stop a redelivery.
 func TestReplayedDeliveriesArePrunedAfterTheRedeliveryWindow(t *testing.T) {
+	t.Parallel()
 	const (
 		keep     = 100
 		replays  = 1500
@@ -266,6 +267,7 @@ func TestReplayedDeliveriesArePrunedAfterTheRedeliveryWindow(t *testing.T) {
 // the deploy stores and serves their first 4 KiB and 256 bytes, cut between
 // characters.
 func TestHugeCommitFieldsAreClippedAtIntake(t *testing.T) {
+	t.Parallel()
 	r := newRetentionRig(t, 100)
 	// "é" is two bytes, and a clipped text keeps 3 bytes for "…": the cut
 	// at an odd byte falls inside an "é".
