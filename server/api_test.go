@@ -72,7 +72,7 @@ func newAPIRig(t *testing.T, o rigOptions) *apiRig {
 	state := stateDir(t)
 	r := &apiRig{t: t, logs: &testenv.Buffer{}, system: "x86_64-linux",
 		nonce: fmt.Sprintf("%x", time.Now().UnixNano())}
-	cloneURL := "http://127.0.0.1:1/nowhere.git"
+	cloneURL := nowhereURL(t)
 	if o.git {
 		testenv.Require(t, "git")
 		gs := gittest.NewServer(t)
@@ -81,7 +81,7 @@ func newAPIRig(t *testing.T, o rigOptions) *apiRig {
 	}
 	if o.nix {
 		testenv.Require(t, "nix")
-		r.system = testenv.System(t)
+		r.system = system(t)
 	}
 	cfg := &config.Config{
 		Listen: "127.0.0.1:0", PublicURL: apiPublicURL, StateDir: state,

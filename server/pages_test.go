@@ -94,7 +94,7 @@ func newPageRig(t *testing.T, o pageRigOptions) *pageRig {
 		opts:   o,
 		repo:   gs.NewRepo(t, "app"),
 		logs:   newLogSink(),
-		system: testenv.System(t),
+		system: system(t),
 		nonce:  fmt.Sprintf("%x", time.Now().UnixNano()),
 	}
 	r.cfg = &config.Config{

@@ -39,11 +39,12 @@ type retentionRig struct {
 func newRetentionRig(t *testing.T, keep int) *retentionRig {
 	t.Helper()
 	r := &retentionRig{state: stateDir(t), body: readFile(t, "github/push-new-branch.json")}
+	nowhere := nowhereURL(t)
 	cfg := &config.Config{
 		Listen: "127.0.0.1:0", PublicURL: apiPublicURL, StateDir: r.state, MaxParallel: 1,
 		Nix: "nix", BodyLimit: hostileBodyLimit, KeepDeploys: keep, KeepFor: config.MinKeepFor,
 		Targets: []config.Target{{
-			Name: "hello", Forge: "github", Repo: "Codertocat/Hello-World", CloneURL: "http://127.0.0.1:1/nowhere.git",
+			Name: "hello", Forge: "github", Repo: "Codertocat/Hello-World", CloneURL: nowhere,
 			Branch: "master", Attr: "packages.x86_64-linux.default", Activate: config.ActivateNone,
 			Profile: filepath.Join(r.state, "profiles", "hello"), HealthTimeout: 5 * time.Second,
 			BuildTimeout: time.Minute, WebhookSecret: githubSecret, StatusContext: "flakeship/hello",
@@ -123,13 +124,20 @@ func (r *retentionRig) replay(t *testing.T, deliveries []string) map[string]int6
 	return ids
 }
 
-// waitIdle waits until no deploy of the rig waits or runs.
-func (r *retentionRig) waitIdle(t *testing.T) {
+// waitIdle waits, following it, until the newest of the deploys ids has
+// ended: the queue takes a target's deploys in order, so then none of the
+// rig's waits or runs, which it checks.
+func (r *retentionRig) waitIdle(t *testing.T, ids map[string]int64) {
 	t.Helper()
-	waitUntil(t, endWithin, func() bool {
-		ts, err := r.queue.Targets(context.Background())
-		return err == nil && ts[0].Running == nil && ts[0].Queued == nil
-	}, "deploys still running")
+	var newest int64
+	for _, id := range ids {
+		newest = max(newest, id)
+	}
+	waitDeployEnd(t, r.queue, newest)
+	ts, err := r.queue.Targets(context.Background())
+	if err != nil || ts[0].Running != nil || ts[0].Queued != nil {
+		t.Fatalf("deploy %d ended, yet the target has %+v, %v; want nothing running or queued", newest, ts, err)
+	}
 }
 
 // rows counts the stored deploys and delivery ids, reading the database
@@ -189,7 +197,7 @@ func TestReplayedDeliveriesArePrunedAfterTheRedeliveryWindow(t *testing.T) {
 	ctx := context.Background()
 
 	ids := r.replay(t, names("replay", replays))
-	r.waitIdle(t)
+	r.waitIdle(t, ids)
 	deploysBefore, deliveriesBefore := r.rows(t)
 	logsBefore := r.logs(t)
 	if deploysBefore != replays || deliveriesBefore != replays {
@@ -199,7 +207,7 @@ func TestReplayedDeliveriesArePrunedAfterTheRedeliveryWindow(t *testing.T) {
 	// 29 days later: more replays, still inside the window at pruning.
 	r.ahead.Store(int64(29 * 24 * time.Hour))
 	recent := r.replay(t, names("recent", inWindow))
-	r.waitIdle(t)
+	r.waitIdle(t, recent)
 	// And two days after that, the pruning.
 	r.ahead.Store(int64(31 * 24 * time.Hour))
 	before, _ := r.rows(t)

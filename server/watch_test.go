@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -108,15 +110,6 @@ func (w *deployWatch) untilLine(t *testing.T, s string) {
 	w.until(t, fmt.Sprintf("its log never had %q", s), func() bool { return strings.Contains(w.log.String(), s) })
 }
 
-// end waits until the follow ends, which it does when the deploy ends.
-func (w *deployWatch) end(t *testing.T) {
-	t.Helper()
-	w.until(t, "it never ended", func() bool { return w.ended })
-	if w.err != nil {
-		t.Fatalf("following deploy %d: %v", w.id, w.err)
-	}
-}
-
 // Log returns the log told so far.
 func (w *deployWatch) Log() string {
 	w.mu.Lock()
@@ -206,4 +199,32 @@ func stateDir(t *testing.T) string {
 		}
 	})
 	return dir
+}
+
+// nixSystem is this machine's nix system, asked of nix once for all the
+// tests of the package (it cannot change while they run).
+var nixSystem struct {
+	once   sync.Once
+	system string
+}
+
+// system returns testenv.System, which the first caller asks nix for.
+func system(t *testing.T) string {
+	t.Helper()
+	nixSystem.once.Do(func() { nixSystem.system = testenv.System(t) })
+	if nixSystem.system == "" {
+		t.Fatal("nix did not say its system (see the first test that asked)")
+	}
+	return nixSystem.system
+}
+
+// nowhereURL returns a clone URL on 127.0.0.1 with no repository behind it:
+// its server answers every request 404, which the fetcher takes as final,
+// so a deploy that starts fails at its fetch at once, not after the
+// retries, seconds apart, that a refused connection is given.
+func nowhereURL(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(srv.Close)
+	return srv.URL + "/nowhere.git"
 }
