@@ -18,7 +18,7 @@ import (
 
 // Waiting on what a deploy announces: the tests follow a deploy through
 // deploy.Queue.WriteLog, which wakes on the deploy's own transitions, log
-// lines and end, and wait for the state or line they need. No test hopes to
+// lines and end, and wait for the line, or the end, they need. No test hopes to
 // catch a state within a time window, or needs a build to still be running
 // when it looks: a build that must run for a while waits at a
 // testenv.Gate the test holds. The deadlines here are a safety net against
