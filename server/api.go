@@ -285,7 +285,8 @@ const manualBodies = `want {}, {"ref":"<branch>"} or {"sha":"<40-hex commit>"}`
 // object with at most one of ref and sha, and no other field.
 func decodeManual(body []byte) (deploy.ManualRequest, error) {
 	var req deploy.ManualRequest
-	if len(bytes.TrimSpace(body)) == 0 {
+	body = bytes.Trim(body, " \t\r\n") // JSON's whitespace, not Unicode's
+	if len(body) == 0 {
 		return req, nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -308,6 +309,9 @@ func decodeManual(body []byte) (deploy.ManualRequest, error) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return req, badRequest("body must be one JSON object: %s", manualBodies)
+	}
+	if body[0] != '{' { // null, which decodes into nothing
+		return req, badRequest("body must be a JSON object: %s", manualBodies)
 	}
 	if req.Ref != "" && req.SHA != "" {
 		return req, badRequest("give ref or sha, not both")

@@ -58,6 +58,9 @@ type rigOptions struct {
 	// it their clone URL leads nowhere, so tests of what is refused before
 	// any fetch run anywhere. nix is for the tests that build.
 	git, nix bool
+	// noSandbox builds without nix's sandbox, so that a build can wait at
+	// a testenv.Gate.
+	noSandbox bool
 	// writeTimeout replaces the server's 10 s WriteTimeout when not 0.
 	writeTimeout time.Duration
 	now          func() time.Time
@@ -66,10 +69,10 @@ type rigOptions struct {
 
 func newAPIRig(t *testing.T, o rigOptions) *apiRig {
 	t.Helper()
-	state := t.TempDir()
+	state := stateDir(t)
 	r := &apiRig{t: t, logs: &testenv.Buffer{}, system: "x86_64-linux",
 		nonce: fmt.Sprintf("%x", time.Now().UnixNano())}
-	cloneURL := "http://127.0.0.1:1/nowhere.git"
+	cloneURL := nowhereURL(t)
 	if o.git {
 		testenv.Require(t, "git")
 		gs := gittest.NewServer(t)
@@ -78,12 +81,15 @@ func newAPIRig(t *testing.T, o rigOptions) *apiRig {
 	}
 	if o.nix {
 		testenv.Require(t, "nix")
-		r.system = testenv.System(t)
+		r.system = system(t)
 	}
 	cfg := &config.Config{
 		Listen: "127.0.0.1:0", PublicURL: apiPublicURL, StateDir: state,
 		AdminToken: o.admin, ReadToken: o.read, MaxParallel: 1,
 		Nix: "nix", NixFlags: testenv.NixFlags(), BodyLimit: 1 << 20, TrustedProxies: o.trusted,
+	}
+	if o.noSandbox {
+		cfg.NixFlags = append(cfg.NixFlags, testenv.NoSandbox...)
 	}
 	for _, name := range []string{"app", "idle"} {
 		cfg.Targets = append(cfg.Targets, config.Target{
@@ -106,14 +112,14 @@ func newAPIRig(t *testing.T, o rigOptions) *apiRig {
 	return r
 }
 
-// commit pushes a commit of app whose build succeeds (after busy work when
-// slow, a few seconds) and returns its id.
-func (r *apiRig) commit(slow bool) string {
+// commit pushes a commit of app whose build succeeds and returns its id.
+// With a gate, the build waits at it first (the rig needs noSandbox).
+func (r *apiRig) commit(gate *testenv.Gate) string {
 	r.t.Helper()
 	r.n++
 	script := fmt.Sprintf(": %s %d; echo built > $out", r.nonce, r.n)
-	if slow {
-		script = fmt.Sprintf(": %s %d; echo building; i=0; while [ $i -lt 1500000 ]; do i=$((i+1)); done; echo built > $out", r.nonce, r.n)
+	if gate != nil {
+		script = fmt.Sprintf(": %s %d; echo building; %s; echo built > $out", r.nonce, r.n, gate.Script())
 	}
 	flake := fmt.Sprintf(`{ outputs = { self }: { packages.%[1]s.default = derivation {
   name = "api-test"; system = "%[1]s"; builder = "/bin/sh"; args = [ "-c" %[2]q ]; }; }; }
@@ -227,28 +233,12 @@ func (r *apiRig) deploy(id int64) deploy.Deploy {
 	return d
 }
 
-// waitEnd waits until deploy id ends and returns it.
+// waitEnd waits until deploy id ends, following it, and returns it as the
+// API serves it.
 func (r *apiRig) waitEnd(id int64) deploy.Deploy {
 	r.t.Helper()
-	var d deploy.Deploy
-	waitUntil(r.t, endWithin, func() bool {
-		d = r.deploy(id)
-		return d.State.Terminal()
-	}, fmt.Sprintf("deploy %d did not end", id))
-	return d
-}
-
-// waitState waits until deploy id is in state s (failing if it ends first).
-func (r *apiRig) waitState(id int64, s deploy.State) {
-	r.t.Helper()
-	var d deploy.Deploy
-	waitUntil(r.t, endWithin, func() bool {
-		d = r.deploy(id)
-		return d.State == s || d.State.Terminal()
-	}, fmt.Sprintf("deploy %d never reached %s", id, s))
-	if d.State != s {
-		r.t.Fatalf("deploy %d ended %s before reaching %s: %s", id, d.State, s, d.Error)
-	}
+	waitDeployEnd(r.t, r.queue, id)
+	return r.deploy(id)
 }
 
 // serve runs srv on 127.0.0.1:0 until the test ends, then shuts it down
@@ -331,6 +321,7 @@ var writeEndpoints = []struct {
 }
 
 func TestWriteAPIIsDisabledWithoutAnAdminToken(t *testing.T) {
+	t.Parallel()
 	r := newAPIRig(t, rigOptions{read: testReadToken})
 	for _, ep := range writeEndpoints {
 		for _, tok := range []config.Secret{"", testReadToken, "anything"} {
@@ -342,6 +333,7 @@ func TestWriteAPIIsDisabledWithoutAnAdminToken(t *testing.T) {
 }
 
 func TestWriteAPINeedsTheAdminToken(t *testing.T) {
+	t.Parallel()
 	r := newAPIRig(t, rigOptions{admin: testAdminToken, read: testReadToken})
 	tests := []struct {
 		name      string
@@ -417,6 +409,7 @@ var readEndpoints = []struct {
 }
 
 func TestReadAPINeedsTheReadTokenWhenOneIsSet(t *testing.T) {
+	t.Parallel()
 	r := newAPIRig(t, rigOptions{admin: testAdminToken, read: testReadToken})
 	for _, ep := range readEndpoints {
 		for _, tc := range []struct {
@@ -449,6 +442,7 @@ func TestReadAPINeedsTheReadTokenWhenOneIsSet(t *testing.T) {
 }
 
 func TestReadAPIIsOpenWithoutAReadToken(t *testing.T) {
+	t.Parallel()
 	r := newAPIRig(t, rigOptions{admin: testAdminToken})
 	for _, ep := range readEndpoints {
 		// Any token, even a wrong one, is not looked at.
@@ -481,6 +475,7 @@ func (c *testClock) advance(d time.Duration) {
 }
 
 func TestWrongTokensAreRateLimitedPerClient(t *testing.T) {
+	t.Parallel()
 	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
 	r := newAPIRig(t, rigOptions{admin: testAdminToken, read: testReadToken, now: clock.Now})
 	const attacker, neighbour = "127.0.0.2", "127.0.0.3"
@@ -611,6 +606,7 @@ func TestQueueErrorsMapToStatuses(t *testing.T) {
 var errSecretish = fmt.Errorf("open /var/lib/flakeship/flakeship.db: disk I/O error")
 
 func TestBadWriteRequestsAreRefused(t *testing.T) {
+	t.Parallel()
 	r := newAPIRig(t, rigOptions{admin: testAdminToken, git: true})
 	r.repo.Commit(t, "init", map[string]string{"README": "app\n"})
 	r.repo.Push(t, "main")
@@ -672,8 +668,9 @@ func TestBadWriteRequestsAreRefused(t *testing.T) {
 }
 
 func TestManualDeploysRollbackAndCancel(t *testing.T) {
-	r := newAPIRig(t, rigOptions{admin: testAdminToken, git: true, nix: true})
-	first, head := r.commit(false), r.commit(false)
+	t.Parallel()
+	r := newAPIRig(t, rigOptions{admin: testAdminToken, git: true, nix: true, noSandbox: true})
+	first, head := r.commit(nil), r.commit(nil)
 
 	// An empty body, {} and a JSON body with an empty ref all deploy the
 	// branch head; a ref its head; a sha that commit.
@@ -743,11 +740,12 @@ func TestManualDeploysRollbackAndCancel(t *testing.T) {
 		t.Errorf("log of deploy %d:\n%s", last.ID, a.body)
 	}
 
-	// Cancel: a running build, and a deploy queued behind it.
-	r.commit(true)
+	// Cancel: a running build, held at a gate that is never opened, and a
+	// deploy queued behind it.
+	r.commit(testenv.NewGate(t))
 	running := r.post("/api/targets/app/deploy", "")
 	waiting := r.post("/api/targets/app/deploy", `{"sha":"`+first+`"}`)
-	r.waitState(running, deploy.Building)
+	watchDeploy(t, r.queue, running).untilLine(t, "waiting at the gate")
 	for _, id := range []int64{waiting, running} {
 		wantAnswer(t, "cancel", r.do(apiRequest{method: http.MethodPost, path: fmt.Sprintf("/api/deploys/%d/cancel", id),
 			token: testAdminToken}), http.StatusAccepted, fmt.Sprintf(`{"deploy_id":%d,"status":"cancelling"}`, id))
@@ -771,9 +769,12 @@ func wantJSON(t *testing.T, what string, got, want map[string]any) {
 // takes many times the server's write timeout: the stream must not be cut
 // off, and must end when the deploy does.
 func TestFollowedLogOutlastsTheWriteTimeout(t *testing.T) {
+	t.Parallel()
 	const writeTimeout = 200 * time.Millisecond
-	r := newAPIRig(t, rigOptions{admin: testAdminToken, read: testReadToken, git: true, nix: true, writeTimeout: writeTimeout})
-	r.commit(true)
+	r := newAPIRig(t, rigOptions{admin: testAdminToken, read: testReadToken, git: true, nix: true, noSandbox: true,
+		writeTimeout: writeTimeout})
+	gate := testenv.NewGate(t)
+	r.commit(gate)
 	id := r.post("/api/targets/app/deploy", "")
 
 	req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/api/deploys/%d/log?follow=1", r.url, id), nil)
@@ -790,7 +791,26 @@ func TestFollowedLogOutlastsTheWriteTimeout(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
 		t.Fatalf("follow answered %d %v", resp.StatusCode, resp.Header)
 	}
-	body, err := io.ReadAll(resp.Body)
+	// The stream up to the build's wait at the gate.
+	var head strings.Builder
+	br := bufio.NewReader(resp.Body)
+	for !strings.Contains(head.String(), "waiting at the gate") {
+		line, err := br.ReadString('\n')
+		head.WriteString(line)
+		if err != nil {
+			t.Fatalf("the stream ended before the build reached the gate: %v\n%s", err, head.String())
+		}
+	}
+	// The stream stays quiet, the build held, for twice the write
+	// timeout: a write deadline set once, as the stream began, would cut
+	// off what comes after. (Letting this time pass is the claim under
+	// test, not a window to hit: on a slower machine it only grows.)
+	<-time.After(2 * writeTimeout)
+	if err := gate.Open(); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(br)
+	body := head.String() + string(rest)
 	if err != nil {
 		t.Fatalf("the stream broke after %s: %v\nread so far:\n%s", time.Since(start), err, body)
 	}
@@ -818,8 +838,10 @@ func TestFollowedLogOutlastsTheWriteTimeout(t *testing.T) {
 // running one, then shuts the server down: the stream ends at once though
 // the deploy has not.
 func TestShutdownEndsLogStreams(t *testing.T) {
-	r := newAPIRig(t, rigOptions{admin: testAdminToken, git: true, nix: true})
-	r.commit(true)
+	t.Parallel()
+	r := newAPIRig(t, rigOptions{admin: testAdminToken, git: true, nix: true, noSandbox: true})
+	// The running deploy waits at a gate that is never opened.
+	r.commit(testenv.NewGate(t))
 	running := r.post("/api/targets/app/deploy", "")
 	waiting := r.post("/api/targets/app/deploy", "")
 	t.Cleanup(func() {

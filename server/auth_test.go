@@ -23,6 +23,7 @@ const (
 )
 
 func TestWrongTokensCountPerClientBehindATrustedProxy(t *testing.T) {
+	t.Parallel()
 	r := newAPIRig(t, rigOptions{admin: testAdminToken, trusted: append([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, trustedLoopback...)})
 	cancel := func(forwardedFor string, tok config.Secret) int {
 		return r.do(apiRequest{method: http.MethodPost, path: "/api/deploys/4242/cancel", token: tok, forwardedFor: forwardedFor}).status

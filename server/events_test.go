@@ -30,9 +30,15 @@ const hangUpDeadline = 10 * time.Second
 // does.
 func (r *pageRig) heldDeploy(gate *testenv.Gate) int64 {
 	r.t.Helper()
-	id := r.submit(r.commit(gate.Script()+"; echo built > $out"), "held at the gate")
-	waitUntil(r.t, pageDeadline, func() bool { return strings.Contains(r.deployLog(id), "waiting at the gate") },
-		"the build never reached the gate")
+	return r.hold(r.commit(gate.Script() + "; echo built > $out"))
+}
+
+// hold queues a deploy of sha, whose build waits at a gate, and waits
+// until its log says it does.
+func (r *pageRig) hold(sha string) int64 {
+	r.t.Helper()
+	id := r.submit(sha, "held at the gate")
+	watchDeploy(r.t, r.queue, id).untilLine(r.t, "waiting at the gate")
 	return id
 }
 
@@ -86,6 +92,7 @@ func (s *stream) rest(t *testing.T) string {
 }
 
 func TestLogStreamsEndAsSoonAsTheirClientHangsUp(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{noSandbox: true})
 	gate := testenv.NewGate(t)
 	id := r.heldDeploy(gate)
@@ -150,6 +157,7 @@ func TestLogStreamsEndAsSoonAsTheirClientHangsUp(t *testing.T) {
 }
 
 func TestLogStreamsAreBoundedPerDeployAndInAll(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{noSandbox: true, streamsPerDeploy: 2, streams: 3})
 	gate := testenv.NewGate(t)
 	running := r.heldDeploy(gate)

@@ -42,6 +42,7 @@ func (r *pageRig) hostAnswer(method, path, host, from string, h http.Header, bod
 }
 
 func TestPagesAndAPIAnswerOnlyToTheirOwnHostNames(t *testing.T) {
+	t.Parallel()
 	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "flakeship_up 1\n") })
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, trusted: trustedLoopback, metrics: metrics})
 	_, port, err := net.SplitHostPort(strings.TrimPrefix(r.url, "http://"))

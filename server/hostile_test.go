@@ -45,8 +45,9 @@ type hostileRig struct {
 
 func newHostileRig(t *testing.T) *hostileRig {
 	t.Helper()
-	state := t.TempDir()
+	state := stateDir(t)
 	r := &hostileRig{state: state, logs: &testenv.Buffer{}}
+	nowhere := nowhereURL(t)
 	cfg := &config.Config{
 		Listen: "127.0.0.1:0", PublicURL: apiPublicURL, StateDir: state, MaxParallel: 1,
 		Nix: "nix", NixFlags: testenv.NixFlags(), BodyLimit: hostileBodyLimit,
@@ -59,7 +60,7 @@ func newHostileRig(t *testing.T) *hostileRig {
 		{"demo", "forgejo", "peeradmin/deploy-demo", "main", forgejoSecret(t)},
 	} {
 		cfg.Targets = append(cfg.Targets, config.Target{
-			Name: tg.name, Forge: tg.forge, Repo: tg.repo, CloneURL: "http://127.0.0.1:1/nowhere.git",
+			Name: tg.name, Forge: tg.forge, Repo: tg.repo, CloneURL: nowhere,
 			Branch: tg.branch, Attr: "packages.x86_64-linux.default", Activate: config.ActivateNone,
 			Profile: filepath.Join(state, "profiles", tg.name), HealthTimeout: 5 * time.Second,
 			BuildTimeout: time.Minute, WebhookSecret: tg.secret, StatusContext: "flakeship/" + tg.name,
@@ -215,6 +216,7 @@ func nested(key string, depth int) []byte {
 // good delivery of each forge at the end proves the rig would have stored
 // one.
 func TestHostileDeliveriesStoreAndStartNothing(t *testing.T) {
+	t.Parallel()
 	r := newHostileRig(t)
 	push := readFile(t, "github/push-new-branch.json")
 	fjHeader, fjBody := forgejoDelivery(t, "push-2")

@@ -347,6 +347,11 @@ func (s *Server) deployPage(c *fiber.Ctx) error {
 
 // parseID reads a deploy id from a path.
 func parseID(p string) (int64, bool) {
+	// As the server writes ids: no sign, no leading zero, so that one
+	// deploy has one URL.
+	if p == "" || p[0] < '1' || p[0] > '9' {
+		return 0, false
+	}
 	id, err := strconv.ParseInt(p, 10, 64)
 	return id, err == nil && id > 0
 }

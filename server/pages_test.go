@@ -74,7 +74,7 @@ type pageRig struct {
 	srv    *Server
 	url    string
 	client *http.Client
-	logs   *testenv.Buffer
+	logs   *logSink
 	system string
 	nonce  string
 	n      int
@@ -87,14 +87,14 @@ type pageRig struct {
 func newPageRig(t *testing.T, o pageRigOptions) *pageRig {
 	t.Helper()
 	testenv.Require(t, "git", "nix")
-	state := t.TempDir()
+	state := stateDir(t)
 	gs := gittest.NewServer(t)
 	r := &pageRig{
 		t:      t,
 		opts:   o,
 		repo:   gs.NewRepo(t, "app"),
-		logs:   &testenv.Buffer{},
-		system: testenv.System(t),
+		logs:   newLogSink(),
+		system: system(t),
 		nonce:  fmt.Sprintf("%x", time.Now().UnixNano()),
 	}
 	r.cfg = &config.Config{
@@ -209,11 +209,13 @@ func (r *pageRig) commit(script string) string {
 // the page must show as text.
 const quick = `echo '<img src=x onerror=alert(1)>'; echo built > $out`
 
-// ticking returns a build that prints "tick 1" to "tick n" with a busy
-// pause before each, then succeeds.
-func ticking(n int) string {
-	return fmt.Sprintf(`n=1; while [ $n -le %d ]; do i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; `+
-		`echo "tick $n"; n=$((n+1)); done; echo built > $out`, n)
+// ticking returns a build that prints "tick 1" to "tick n", waits at
+// gate, prints "tick n+1" to "tick 2n" and succeeds: it runs, with ticks
+// in its log, for as long as the test holds the gate.
+func ticking(n int, gate *testenv.Gate) string {
+	// No seq: a build has no PATH, only the shell's builtins.
+	return fmt.Sprintf(`n=1; while [ $n -le %[1]d ]; do echo "tick $n"; n=$((n+1)); done; %[2]s; `+
+		`while [ $n -le %[3]d ]; do echo "tick $n"; n=$((n+1)); done; echo built > $out`, n, gate.Script(), 2*n)
 }
 
 // tickRE finds the lines of a ticking build in a log.
@@ -232,26 +234,14 @@ func (r *pageRig) submit(sha, message string) int64 {
 	return d.ID
 }
 
-// waitEnd waits until deploy id ends and returns it.
+// waitEnd waits until deploy id ends, following it, and returns it.
 func (r *pageRig) waitEnd(id int64) *deploy.Deploy {
 	r.t.Helper()
-	deadline := time.Now().Add(pageDeadline)
-	for {
-		d, err := r.queue.Get(context.Background(), id)
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		if d.State.Terminal() {
-			if d.State == deploy.Failed {
-				r.t.Logf("deploy %d failed: %s; its log:\n%s", id, d.Error, r.deployLog(id))
-			}
-			return d
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("deploy %d still %s after %s\n%s", id, d.State, pageDeadline, r.logs.String())
-		}
-		time.Sleep(10 * time.Millisecond)
+	d := waitDeployEnd(r.t, r.queue, id)
+	if d.State == deploy.Failed {
+		r.t.Logf("deploy %d failed: %s; its log:\n%s", id, d.Error, r.deployLog(id))
 	}
+	return d
 }
 
 // deployLog returns deploy id's log as it is now, for failure messages.
@@ -342,6 +332,7 @@ func csrfOf(t *testing.T, page string) string {
 }
 
 func TestPagesShowDeploysAndEscapeUntrustedText(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken})
 	sha := r.commit(quick)
 	const message = "Fix <script>alert('pwned')</script> & more"
@@ -418,19 +409,15 @@ func TestPagesShowDeploysAndEscapeUntrustedText(t *testing.T) {
 }
 
 func TestPagesOfARunningDeployFollowItsLog(t *testing.T) {
-	r := newPageRig(t, pageRigOptions{})
-	id := r.submit(r.commit(ticking(6)), "slow")
-	var page answer
-	deadline := time.Now().Add(pageDeadline)
-	for {
-		page = r.get(fmt.Sprintf("/deploys/%d", id), "")
-		if strings.Contains(page.body, "tick 1") || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if d, _ := r.queue.Get(context.Background(), id); d.State.Terminal() {
-		t.Fatalf("deploy ended before its page could be read while it ran: %+v", d)
+	t.Parallel()
+	r := newPageRig(t, pageRigOptions{noSandbox: true})
+	gate := testenv.NewGate(t)
+	id := r.hold(r.commit(ticking(3, gate)))
+	// The build waits at the gate, its first ticks logged: it runs while
+	// the page is read.
+	page := r.get(fmt.Sprintf("/deploys/%d", id), "")
+	if d, _ := r.queue.Get(context.Background(), id); d.State != deploy.Building {
+		t.Fatalf("deploy %d is %s; the test wants it held in its build", id, d.State)
 	}
 	for _, w := range []string{
 		"tick 1", "<script nonce=", "new EventSource(",
@@ -440,6 +427,12 @@ func TestPagesOfARunningDeployFollowItsLog(t *testing.T) {
 		if !strings.Contains(page.body, w) {
 			t.Errorf("running deploy's page lacks %q:\n%s", w, page.body)
 		}
+	}
+	if strings.Contains(page.body, "tick 4") {
+		t.Errorf("the page of a deploy held before tick 4 shows it:\n%s", page.body)
+	}
+	if err := gate.Open(); err != nil {
+		t.Fatal(err)
 	}
 	r.waitEnd(id)
 	if done := r.get(fmt.Sprintf("/deploys/%d", id), ""); strings.Contains(done.body, "<script") ||
@@ -516,40 +509,60 @@ func nextEvent(t *testing.T, events <-chan sseEvent) (sseEvent, bool) {
 }
 
 func TestSSEStreamsTheLogPastTheWriteTimeoutAndEnds(t *testing.T) {
-	const writeTimeout = time.Second
-	r := newPageRig(t, pageRigOptions{writeTimeout: writeTimeout})
-	id := r.submit(r.commit(ticking(8)), "slow")
+	t.Parallel()
+	const writeTimeout = 200 * time.Millisecond
+	r := newPageRig(t, pageRigOptions{writeTimeout: writeTimeout, noSandbox: true})
+	gate := testenv.NewGate(t)
+	id := r.submit(r.commit(ticking(4, gate)), "held")
 	opened := time.Now()
 	resp, events := r.openEvents(fmt.Sprintf("/deploys/%d/events", id), nil)
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("events: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 	var (
-		lines     []string
-		states    []string
-		last      sseEvent
-		liveTicks int
+		lines  []string
+		states []string
+		last   sseEvent
 	)
-	for {
-		ev, ok := nextEvent(t, events)
-		if !ok {
-			break
-		}
-		last = ev
-		switch ev.name {
-		case "log":
-			for _, l := range strings.Split(ev.data, "\n") {
-				lines = append(lines, l)
-				if tickRE.MatchString(l) {
-					if d, _ := r.queue.Get(context.Background(), id); !d.State.Terminal() {
-						liveTicks++
-					}
-				}
+	// read takes events until one has a log line containing until ("":
+	// until the stream ends); it says whether it found it.
+	read := func(until string) bool {
+		for {
+			ev, ok := nextEvent(t, events)
+			if !ok {
+				return until == ""
 			}
-		case "state":
-			states = append(states, ev.data)
+			last = ev
+			switch ev.name {
+			case "log":
+				lines = append(lines, strings.Split(ev.data, "\n")...)
+				if until != "" && strings.Contains(ev.data, until) {
+					return true
+				}
+			case "state":
+				states = append(states, ev.data)
+			}
 		}
 	}
+	if !read("waiting at the gate") {
+		t.Fatalf("the stream ended before the build reached the gate: %q", lines)
+	}
+	// Everything so far came while the deploy ran: it waits at the gate.
+	liveTicks := 0
+	for _, l := range lines {
+		if tickRE.MatchString(l) {
+			liveTicks++
+		}
+	}
+	// The stream stays quiet, the build held at the gate, for twice the
+	// write timeout: a write deadline set once, as the stream began, would
+	// cut off what comes after. (Letting this time pass is the claim
+	// under test, not a window to hit: on a slower machine it only grows.)
+	<-time.After(2 * writeTimeout)
+	if err := gate.Open(); err != nil {
+		t.Fatal(err)
+	}
+	read("")
 	streamed := time.Since(opened)
 	if streamed <= writeTimeout {
 		t.Fatalf("the deploy took %s, not longer than the write timeout %s: the test proves nothing", streamed, writeTimeout)
@@ -566,8 +579,8 @@ func TestSSEStreamsTheLogPastTheWriteTimeoutAndEnds(t *testing.T) {
 	if want := "tick 1,tick 2,tick 3,tick 4,tick 5,tick 6,tick 7,tick 8"; strings.Join(ticks, ",") != want {
 		t.Errorf("ticks streamed: %q, want %s", ticks, want)
 	}
-	if liveTicks == 0 {
-		t.Error("no tick line arrived while the deploy was still running")
+	if liveTicks != 4 {
+		t.Errorf("%d tick lines arrived while the deploy was held in its build, want 4", liveTicks)
 	}
 	if !hasString(states, `{"state":"building","terminal":false}`) || states[len(states)-1] != `{"state":"succeeded","terminal":true}` {
 		t.Errorf("state events %q, want building among them and succeeded last", states)
@@ -593,6 +606,7 @@ func hasString(list []string, s string) bool {
 }
 
 func TestSSEResumesAfterWhatTheClientHas(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{})
 	id := r.submit(r.commit(quick), "quick")
 	r.waitEnd(id)
@@ -639,45 +653,44 @@ func TestSSEResumesAfterWhatTheClientHas(t *testing.T) {
 	}
 }
 
-func TestSSEStreamStopsWhenTheClientGoesAway(t *testing.T) {
-	r := newPageRig(t, pageRigOptions{})
-	id := r.submit(r.commit(ticking(10)), "slow")
-	resp, events := r.openEvents(fmt.Sprintf("/deploys/%d/events", id), nil)
+// untilLogEvent reads events until a log event has want, failing t if the
+// stream ends first.
+func untilLogEvent(t *testing.T, events <-chan sseEvent, want string) {
+	t.Helper()
 	for {
 		ev, ok := nextEvent(t, events)
 		if !ok {
-			t.Fatal("stream ended before the first tick")
+			t.Fatalf("the stream ended before a log event with %q", want)
 		}
-		if ev.name == "log" && strings.Contains(ev.data, "tick 1") {
-			break
+		if ev.name == "log" && strings.Contains(ev.data, want) {
+			return
 		}
 	}
+}
+
+func TestSSEStreamStopsWhenTheClientGoesAway(t *testing.T) {
+	t.Parallel()
+	r := newPageRig(t, pageRigOptions{noSandbox: true})
+	gate := testenv.NewGate(t)
+	id := r.submit(r.commit(ticking(1, gate)), "held")
+	resp, events := r.openEvents(fmt.Sprintf("/deploys/%d/events", id), nil)
+	untilLogEvent(t, events, "waiting at the gate")
 	resp.Body.Close()
-	deadline := time.Now().Add(pageDeadline)
-	for !strings.Contains(r.logs.String(), "event stream ended: the client went away") {
-		if time.Now().After(deadline) {
-			t.Fatalf("the stream did not notice the client left:\n%s", r.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if d, _ := r.queue.Get(context.Background(), id); d.State.Terminal() {
-		t.Errorf("the deploy ended before the stream noticed the client left; the test proves nothing")
+	// The deploy is held in its build, so only the client's leaving can
+	// end the stream.
+	r.logs.waitFor(t, "event stream ended: the client went away")
+	if d, _ := r.queue.Get(context.Background(), id); d.State != deploy.Building {
+		t.Errorf("deploy %d is %s; the test wants it held in its build", id, d.State)
 	}
 }
 
 func TestSSEStreamEndsWhenTheServerShutsDown(t *testing.T) {
-	r := newPageRig(t, pageRigOptions{})
-	id := r.submit(r.commit(ticking(10)), "slow")
+	t.Parallel()
+	r := newPageRig(t, pageRigOptions{noSandbox: true})
+	gate := testenv.NewGate(t)
+	id := r.submit(r.commit(ticking(1, gate)), "held")
 	_, events := r.openEvents(fmt.Sprintf("/deploys/%d/events", id), nil)
-	for {
-		ev, ok := nextEvent(t, events)
-		if !ok {
-			t.Fatal("stream ended before the first tick")
-		}
-		if ev.name == "log" && strings.Contains(ev.data, "tick 1") {
-			break
-		}
-	}
+	untilLogEvent(t, events, "waiting at the gate")
 	if err := r.stop(); err != nil {
 		t.Fatalf("shutdown with a stream open: %v", err)
 	}
@@ -686,12 +699,13 @@ func TestSSEStreamEndsWhenTheServerShutsDown(t *testing.T) {
 			t.Errorf("the stream sent end at shutdown: %+v", ev)
 		}
 	}
-	if d, _ := r.queue.Get(context.Background(), id); d.State.Terminal() {
-		t.Errorf("the deploy ended before the server shut down; the test proves nothing")
+	if d, _ := r.queue.Get(context.Background(), id); d.State != deploy.Building {
+		t.Errorf("deploy %d is %s; the test wants it held in its build past the shutdown", id, d.State)
 	}
 }
 
 func TestLoginSetsARandomSessionCookie(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, read: pageReadToken})
 	tests := []struct {
 		name     string
@@ -763,6 +777,7 @@ func TestLoginSetsARandomSessionCookie(t *testing.T) {
 }
 
 func TestLoginRefusesAnAddressAfterTooManyWrongTokens(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken})
 	for i := 0; i < maxAuthFailures; i++ {
 		if a := r.do(http.MethodPost, "/login", "", url.Values{"token": {fmt.Sprintf("guess-%d", i)}}, nil); a.status != http.StatusUnauthorized {
@@ -777,6 +792,7 @@ func TestLoginRefusesAnAddressAfterTooManyWrongTokens(t *testing.T) {
 }
 
 func TestLoginThenLogoutClearsTheSession(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken})
 	cookie := r.login(pageAdminToken)
 	page := r.get("/", cookie)
@@ -794,6 +810,7 @@ func TestLoginThenLogoutClearsTheSession(t *testing.T) {
 }
 
 func TestPageFormsNeedAnAdminSessionAndTheCSRFToken(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, read: pageReadToken})
 	first := r.commit(quick)
 	id1 := r.submit(first, "first")
@@ -894,18 +911,13 @@ func TestPageFormsNeedAnAdminSessionAndTheCSRFToken(t *testing.T) {
 }
 
 func TestOperatorCancelsARunningDeployFromItsPage(t *testing.T) {
-	r := newPageRig(t, pageRigOptions{admin: pageAdminToken})
+	t.Parallel()
+	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, noSandbox: true})
 	admin := r.login(pageAdminToken)
-	id := r.submit(r.commit(ticking(40)), "slow")
-	var page answer
-	deadline := time.Now().Add(pageDeadline)
-	for {
-		page = r.get(fmt.Sprintf("/deploys/%d", id), admin)
-		if strings.Contains(page.body, "tick 1") || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The build waits at a gate that is never opened: only the cancel
+	// ends it.
+	id := r.heldDeploy(testenv.NewGate(t))
+	page := r.get(fmt.Sprintf("/deploys/%d", id), admin)
 	if !strings.Contains(page.body, `id="cancel"`) || strings.Contains(page.body, `id="redeploy"`) {
 		t.Fatalf("a building deploy's page should offer cancel and not redeploy:\n%s", page.body)
 	}
@@ -919,6 +931,7 @@ func TestOperatorCancelsARunningDeployFromItsPage(t *testing.T) {
 }
 
 func TestReadTokenGatesThePages(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, read: pageReadToken})
 	id := r.submit(r.commit(quick), "gated")
 	r.waitEnd(id)
@@ -955,6 +968,7 @@ func TestReadTokenGatesThePages(t *testing.T) {
 }
 
 func TestWithoutAnAdminTokenThePagesOfferNoActions(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{})
 	id := r.submit(r.commit(quick), "open")
 	r.waitEnd(id)

@@ -38,12 +38,13 @@ type retentionRig struct {
 
 func newRetentionRig(t *testing.T, keep int) *retentionRig {
 	t.Helper()
-	r := &retentionRig{state: t.TempDir(), body: readFile(t, "github/push-new-branch.json")}
+	r := &retentionRig{state: stateDir(t), body: readFile(t, "github/push-new-branch.json")}
+	nowhere := nowhereURL(t)
 	cfg := &config.Config{
 		Listen: "127.0.0.1:0", PublicURL: apiPublicURL, StateDir: r.state, MaxParallel: 1,
 		Nix: "nix", BodyLimit: hostileBodyLimit, KeepDeploys: keep, KeepFor: config.MinKeepFor,
 		Targets: []config.Target{{
-			Name: "hello", Forge: "github", Repo: "Codertocat/Hello-World", CloneURL: "http://127.0.0.1:1/nowhere.git",
+			Name: "hello", Forge: "github", Repo: "Codertocat/Hello-World", CloneURL: nowhere,
 			Branch: "master", Attr: "packages.x86_64-linux.default", Activate: config.ActivateNone,
 			Profile: filepath.Join(r.state, "profiles", "hello"), HealthTimeout: 5 * time.Second,
 			BuildTimeout: time.Minute, WebhookSecret: githubSecret, StatusContext: "flakeship/hello",
@@ -97,7 +98,7 @@ func (r *retentionRig) replay(t *testing.T, deliveries []string) map[string]int6
 		wg  sync.WaitGroup
 	)
 	next := make(chan string)
-	for range 8 {
+	for range 64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -123,13 +124,20 @@ func (r *retentionRig) replay(t *testing.T, deliveries []string) map[string]int6
 	return ids
 }
 
-// waitIdle waits until no deploy of the rig waits or runs.
-func (r *retentionRig) waitIdle(t *testing.T) {
+// waitIdle waits, following it, until the newest of the deploys ids has
+// ended: the queue takes a target's deploys in order, so then none of the
+// rig's waits or runs, which it checks.
+func (r *retentionRig) waitIdle(t *testing.T, ids map[string]int64) {
 	t.Helper()
-	waitUntil(t, endWithin, func() bool {
-		ts, err := r.queue.Targets(context.Background())
-		return err == nil && ts[0].Running == nil && ts[0].Queued == nil
-	}, "deploys still running")
+	var newest int64
+	for _, id := range ids {
+		newest = max(newest, id)
+	}
+	waitDeployEnd(t, r.queue, newest)
+	ts, err := r.queue.Targets(context.Background())
+	if err != nil || ts[0].Running != nil || ts[0].Queued != nil {
+		t.Fatalf("deploy %d ended, yet the target has %+v, %v; want nothing running or queued", newest, ts, err)
+	}
 }
 
 // rows counts the stored deploys and delivery ids, reading the database
@@ -179,6 +187,7 @@ func names(prefix string, n int) []string {
 // KEEP_DEPLOYS and whatever is younger than the redelivery window, with
 // their delivery ids, which still stop a redelivery.
 func TestReplayedDeliveriesArePrunedAfterTheRedeliveryWindow(t *testing.T) {
+	t.Parallel()
 	const (
 		keep     = 100
 		replays  = 1500
@@ -188,7 +197,7 @@ func TestReplayedDeliveriesArePrunedAfterTheRedeliveryWindow(t *testing.T) {
 	ctx := context.Background()
 
 	ids := r.replay(t, names("replay", replays))
-	r.waitIdle(t)
+	r.waitIdle(t, ids)
 	deploysBefore, deliveriesBefore := r.rows(t)
 	logsBefore := r.logs(t)
 	if deploysBefore != replays || deliveriesBefore != replays {
@@ -198,7 +207,7 @@ func TestReplayedDeliveriesArePrunedAfterTheRedeliveryWindow(t *testing.T) {
 	// 29 days later: more replays, still inside the window at pruning.
 	r.ahead.Store(int64(29 * 24 * time.Hour))
 	recent := r.replay(t, names("recent", inWindow))
-	r.waitIdle(t)
+	r.waitIdle(t, recent)
 	// And two days after that, the pruning.
 	r.ahead.Store(int64(31 * 24 * time.Hour))
 	before, _ := r.rows(t)
@@ -266,6 +275,7 @@ func TestReplayedDeliveriesArePrunedAfterTheRedeliveryWindow(t *testing.T) {
 // the deploy stores and serves their first 4 KiB and 256 bytes, cut between
 // characters.
 func TestHugeCommitFieldsAreClippedAtIntake(t *testing.T) {
+	t.Parallel()
 	r := newRetentionRig(t, 100)
 	// "é" is two bytes, and a clipped text keeps 3 bytes for "…": the cut
 	// at an odd byte falls inside an "é".

@@ -348,6 +348,7 @@ func TestHookSubmitsTheValidatedPush(t *testing.T) {
 // answered 200 with "duplicate":true and the first deploy, and only that
 // one deploy is stored.
 func TestHookAnswersADuplicateDeliveryWithTheFirstDeploy(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig(t)
 	cfg.StateDir = t.TempDir()
 	q, st := newRealQueue(t, cfg)
@@ -555,6 +556,7 @@ func TestBodyAtTheLimitIsRead(t *testing.T) {
 }
 
 func TestTrickledBodyIsCutOff(t *testing.T) {
+	t.Parallel()
 	d := &fakeDeployer{}
 	ts := newTestServer(t, Options{Config: testConfig(t), Deployer: d, ReadTimeout: time.Second})
 	push := readFile(t, "github/push-new-branch.json")

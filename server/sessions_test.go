@@ -44,6 +44,7 @@ func (r *pageRig) acts(cookie, csrf string) int {
 }
 
 func TestLoginTakesTheTokenOnlyFromTheFormBody(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken})
 	inURL := url.QueryEscape(pageAdminToken.Reveal())
 	tests := []struct {
@@ -88,6 +89,7 @@ func TestLoginTakesTheTokenOnlyFromTheFormBody(t *testing.T) {
 }
 
 func TestLogoutEndsTheSessionInEveryBrowser(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, read: pageReadToken})
 	cookie := r.login(pageAdminToken)
 	copied := strings.Clone(cookie) // another browser's copy of the cookie
@@ -123,6 +125,7 @@ func TestLogoutEndsTheSessionInEveryBrowser(t *testing.T) {
 }
 
 func TestLoginReplacesTheSessionTheBrowserHad(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, read: pageReadToken})
 	first := r.login(pageReadToken)
 	a := r.do(http.MethodPost, "/login", first, url.Values{"token": {pageAdminToken.Reveal()}}, nil)
@@ -142,6 +145,7 @@ func TestLoginReplacesTheSessionTheBrowserHad(t *testing.T) {
 }
 
 func TestSessionsSurviveARestartButNotATokenChange(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, read: pageReadToken})
 	admin, reader := r.login(pageAdminToken), r.login(pageReadToken)
 	reads := func(cookie string) bool { return r.get("/", cookie).status == http.StatusOK }
@@ -180,6 +184,7 @@ func TestSessionsSurviveARestartButNotATokenChange(t *testing.T) {
 }
 
 func TestSessionsEndWhenIdleAndWhenOld(t *testing.T) {
+	t.Parallel()
 	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, read: pageReadToken, now: clock.Now})
 
@@ -219,6 +224,7 @@ func TestSessionsEndWhenIdleAndWhenOld(t *testing.T) {
 }
 
 func TestForgedSessionCookiesAreRefused(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, read: pageReadToken})
 	real := r.login(pageAdminToken)
 	csrf := csrfOf(t, r.get("/", real).body)
@@ -294,6 +300,7 @@ func TestForgedSessionCookiesAreRefused(t *testing.T) {
 }
 
 func TestCSRFTokensBelongToTheirSession(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken})
 	a, b := r.login(pageAdminToken), r.login(pageAdminToken)
 	csrfA, csrfB := csrfOf(t, r.get("/", a).body), csrfOf(t, r.get("/", b).body)
@@ -312,6 +319,7 @@ func TestCSRFTokensBelongToTheirSession(t *testing.T) {
 }
 
 func TestTheStoreHoldsNeitherTheSessionIDNorTheToken(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, read: pageReadToken})
 	cookie := r.login(pageAdminToken)
 	id, err := base64.RawURLEncoding.DecodeString(cookie)
@@ -368,6 +376,7 @@ func TestTheStoreHoldsNeitherTheSessionIDNorTheToken(t *testing.T) {
 }
 
 func TestLoginCountsWrongTokensPerClientBehindATrustedProxy(t *testing.T) {
+	t.Parallel()
 	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, trusted: trustedLoopback})
 	login := func(client, token string) answer {
 		return r.do(http.MethodPost, "/login", "", url.Values{"token": {token}},
