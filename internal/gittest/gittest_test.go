@@ -233,3 +233,51 @@ func TestGitServerDelaysOnDemand(t *testing.T) {
 		t.Fatalf("Requests() = %d, want 2", got)
 	}
 }
+
+func TestGitServerHoldsRequestsUntilReleased(t *testing.T) {
+	testenv.Require(t, "git")
+	srv := gittest.NewServer(t)
+	repo := srv.NewRepo(t, "app")
+	repo.Commit(t, "A", nil)
+	repo.Push(t, "main")
+	infoRefs := srv.URL("app") + "/info/refs?service=git-upload-pack"
+
+	// A request waits at the hold, unanswered, for as long as it is held;
+	// released, it is answered.
+	hold := srv.Hold(t)
+	answered := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(infoRefs)
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	select {
+	case <-hold.Reached():
+	case <-time.After(60 * time.Second):
+		t.Fatal("no request reached the hold")
+	}
+	select {
+	case code := <-answered:
+		t.Fatalf("a held request was answered %d", code)
+	default:
+	}
+	hold.Release()
+	select {
+	case code := <-answered:
+		if code != http.StatusOK {
+			t.Fatalf("released request answered %d, want 200", code)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the released request was never answered")
+	}
+	// Later requests are answered at once.
+	resp, err := http.Get(infoRefs)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("request after the release: %v %v, want 200", resp, err)
+	}
+	resp.Body.Close()
+}
