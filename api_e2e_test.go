@@ -202,19 +202,19 @@ func TestCommandLineDeploysRollsBackCancelsAndReports(t *testing.T) {
 	_, _ = a.pushHeld(testenv.NewGate(t))
 	r = cli(env, "deploy", "app")
 	r.want(t, "deploy", 0)
-	slowID := r.queuedID(t)
-	f.waitState(slowID, "building")
-	r = cli(env, "cancel", strconv.FormatInt(slowID, 10))
+	heldID := r.queuedID(t)
+	f.waitState(heldID, "building")
+	r = cli(env, "cancel", strconv.FormatInt(heldID, 10))
 	r.want(t, "cancel", 0)
-	if want := fmt.Sprintf("deploy %d cancelling\n", slowID); r.stdout != want {
+	if want := fmt.Sprintf("deploy %d cancelling\n", heldID); r.stdout != want {
 		t.Errorf("cancel printed %q, want %q", r.stdout, want)
 	}
-	r = cli(env, "logs", strconv.FormatInt(slowID, 10), "--follow")
+	r = cli(env, "logs", strconv.FormatInt(heldID, 10), "--follow")
 	r.want(t, "logs --follow", 0)
 	if !strings.Contains(r.stdout, "== build cancelled") {
 		t.Errorf("followed log of the cancelled deploy:\n%s", r.stdout)
 	}
-	if d := f.waitEnd(slowID); d.State != "cancelled" {
+	if d := f.waitEnd(heldID); d.State != "cancelled" {
 		t.Errorf("cancelled deploy ended %s", d.State)
 	}
 	a.wantRunning(2)
