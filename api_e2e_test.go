@@ -24,9 +24,9 @@ import (
 // started in this process with an admin token.
 
 // startWithAdminToken runs flakeship in this process, as main does, with
-// a's configuration and the admin token, and returns its base URL. It
-// stops, and must stop cleanly, when the test ends.
-func (a *app) startWithAdminToken(token string) string {
+// a's configuration and the admin token, and returns it, its base URL and
+// its log. It stops, and must stop cleanly, when the test ends.
+func (a *app) startWithAdminToken(token string) *flakeship {
 	t := a.t
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -45,13 +45,13 @@ func (a *app) startWithAdminToken(token string) string {
 	})
 	select {
 	case addr := <-ready:
-		return "http://" + addr.String()
+		return &flakeship{t: t, base: "http://" + addr.String(), logs: logs}
 	case err := <-done:
 		t.Fatalf("flakeship stopped before listening: %v\n%s", err, logs.String())
 	case <-time.After(30 * time.Second):
 		t.Fatalf("flakeship did not listen within 30s:\n%s", logs.String())
 	}
-	return ""
+	return nil
 }
 
 // cliRun is one run of the flakeship binary as a client.
@@ -109,8 +109,10 @@ func (r cliRun) queuedID(t *testing.T) int64 {
 
 func TestCommandLineDeploysRollsBackCancelsAndReports(t *testing.T) {
 	a := newApp(t, "github")
+	a.buildsSeeGates()
 	const token = "cli-e2e-admin-token-5be1"
-	base := a.startWithAdminToken(token)
+	f := a.startWithAdminToken(token)
+	base := f.base
 	env := []string{"FLAKESHIP_URL=" + base, "FLAKESHIP_ADMIN_TOKEN=" + token}
 	var outputs []cliRun
 	cli := func(env []string, args ...string) cliRun {
@@ -119,7 +121,6 @@ func TestCommandLineDeploysRollsBackCancelsAndReports(t *testing.T) {
 		outputs = append(outputs, r)
 		return r
 	}
-	f := &flakeship{t: t, base: base, logs: &testenv.Buffer{}}
 
 	// deploy --wait: the branch head, its log, and the verdict.
 	sha1, _ := a.push(healthy)
@@ -196,23 +197,24 @@ func TestCommandLineDeploysRollsBackCancelsAndReports(t *testing.T) {
 		t.Errorf("stderr %q, want %q", r.stderr, want)
 	}
 
-	// cancel of a running build; its followed log ends with the deploy.
-	_, _ = a.push(slow)
+	// cancel of a running build, held at a gate that never opens; its
+	// followed log ends with the deploy.
+	_, _ = a.pushHeld(testenv.NewGate(t))
 	r = cli(env, "deploy", "app")
 	r.want(t, "deploy", 0)
-	slowID := r.queuedID(t)
-	f.waitState(slowID, "building")
-	r = cli(env, "cancel", strconv.FormatInt(slowID, 10))
+	heldID := r.queuedID(t)
+	f.waitState(heldID, "building")
+	r = cli(env, "cancel", strconv.FormatInt(heldID, 10))
 	r.want(t, "cancel", 0)
-	if want := fmt.Sprintf("deploy %d cancelling\n", slowID); r.stdout != want {
+	if want := fmt.Sprintf("deploy %d cancelling\n", heldID); r.stdout != want {
 		t.Errorf("cancel printed %q, want %q", r.stdout, want)
 	}
-	r = cli(env, "logs", strconv.FormatInt(slowID, 10), "--follow")
+	r = cli(env, "logs", strconv.FormatInt(heldID, 10), "--follow")
 	r.want(t, "logs --follow", 0)
 	if !strings.Contains(r.stdout, "== build cancelled") {
 		t.Errorf("followed log of the cancelled deploy:\n%s", r.stdout)
 	}
-	if d := f.waitEnd(slowID); d.State != "cancelled" {
+	if d := f.waitEnd(heldID); d.State != "cancelled" {
 		t.Errorf("cancelled deploy ended %s", d.State)
 	}
 	a.wantRunning(2)

@@ -26,13 +26,17 @@ import (
 // through the pages of a running flakeship: the deploy page of a build that
 // is still running shows its log lines as the build writes them (Server-Sent
 // Events, no reload), the operator logs in with the admin token, presses
-// redeploy, and watches the new deploy succeed. It measures how long after
-// the API's log stream a line shows on the page, and takes a screenshot.
+// redeploy, and watches the new deploy succeed. The build writes each line
+// and then waits at a gate of its own, which the test opens once the page
+// showed the line, so every line arrives while the deploy runs, however
+// slow the machine. It measures how long after the API's log stream a line
+// shows on the page, and takes a screenshot.
 func TestBrowserFollowsALiveDeployAndRedeploys(t *testing.T) {
 	testenv.Require(t, "chromium")
 	a := newApp(t, "github")
 	const adminToken = "browser-admin-token-3c9a71"
 	a.extraEnv = []string{"FLAKESHIP_ADMIN_TOKEN=" + adminToken}
+	a.buildsSeeGates()
 	f := a.start()
 	ctx := newBrowser(t)
 	// The browser starts before the push, so that it opens the deploy
@@ -42,7 +46,11 @@ func TestBrowserFollowsALiveDeployAndRedeploys(t *testing.T) {
 	}
 
 	const ticks = 12
-	sha, d := a.pushTicking(ticks)
+	gates := make([]*testenv.Gate, ticks+1) // gates[n] holds the build after tick n
+	for n := 1; n <= ticks; n++ {
+		gates[n] = testenv.NewGate(t)
+	}
+	sha, d := a.pushTicking(gates[1:])
 	id := d.accepted(t, f.base)
 	apiSeen := f.followLog(t, id)
 	deployURL := fmt.Sprintf("%s/deploys/%d", f.base, id)
@@ -78,37 +86,36 @@ func TestBrowserFollowsALiveDeployAndRedeploys(t *testing.T) {
 			break
 		}
 	}
-	if first == 0 || first == ticks {
-		t.Fatalf("the page loaded with the build nearly over (ticks up to %d of %d): the build is too fast to watch", first, ticks)
+	if first == 0 || first > 2 {
+		t.Fatalf("the page loaded with ticks up to %d of %d, though the build waits at a gate after the first", first-1, ticks)
 	}
 
-	// A line the page did not have shows up without a reload while the
-	// deploy still runs.
+	// Each line the page did not have shows up without a reload while the
+	// deploy still runs: the build waits at the gate after it. Then the
+	// test opens that gate, and the build writes the next line.
 	var seenLive map[string]int64
-	waitFor(t, 60*time.Second, func() bool {
-		seen, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]int64](
-			`window.flakeshipTestMarker === true ? window.flakeshipSeen : null`))
-		if err != nil || seen == nil {
-			t.Fatalf("the deploy page reloaded or went away before tick %d showed: %v", first, err)
+	for n := 1; n <= ticks; n++ {
+		if n > 1 {
+			openGate(t, gates[n-1])
 		}
-		seenLive = seen
-		_, ok := seen[strconv.Itoa(first)]
-		return ok
-	}, func() string { return fmt.Sprintf("tick %d never showed on the page\n%s", first, f.logs.String()) })
-	if st := f.deploy(id).State; terminal[st] {
-		t.Fatalf("deploy %d was %s when its page showed tick %d: the log was not live", id, st, first)
+		if n < first {
+			continue
+		}
+		waitFor(t, 60*time.Second, func() bool {
+			seen, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]int64](
+				`window.flakeshipTestMarker === true ? window.flakeshipSeen : null`))
+			if err != nil || seen == nil {
+				t.Fatalf("the deploy page reloaded or went away before tick %d showed: %v", n, err)
+			}
+			seenLive = seen
+			_, ok := seen[strconv.Itoa(n)]
+			return ok
+		}, func() string { return fmt.Sprintf("tick %d never showed on the page\n%s", n, f.logs.String()) })
+		if st := f.deploy(id).State; st != "building" {
+			t.Fatalf("deploy %d was %s when its page showed tick %d, though its build waits at a gate", id, st, n)
+		}
 	}
-	// The rest of the ticks, until the page has them all or reloads at
-	// the deploy's end.
-	waitFor(t, 60*time.Second, func() bool {
-		seen, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]int64](
-			`window.flakeshipTestMarker === true ? window.flakeshipSeen : null`))
-		if err != nil || seen == nil {
-			return true
-		}
-		seenLive = seen
-		return len(seen) == ticks
-	}, func() string { return "the page neither showed every tick nor reloaded" })
+	openGate(t, gates[ticks])
 
 	got := f.waitEnd(id)
 	if got.State != "succeeded" || got.SHA != sha {
@@ -217,13 +224,16 @@ func waitDOM(t *testing.T, ctx context.Context, expr, want string) {
 }
 
 // pushTicking commits and pushes a build that prints "browser-tick 1" to
-// "browser-tick n", each after a busy pause, then builds a healthy service;
-// it returns the commit and its signed delivery.
-func (a *app) pushTicking(n int) (string, delivery) {
+// "browser-tick n", each followed by a wait at the next of the n gates,
+// then builds a healthy service; it returns the commit and its signed
+// delivery.
+func (a *app) pushTicking(gates []*testenv.Gate) (string, delivery) {
 	a.version++
-	script := fmt.Sprintf(`: %s; n=1; while [ $n -le %d ]; do i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done; `+
-		`echo "browser-tick $n"; n=$((n+1)); done; echo version=%d > $out; echo healthy=yes >> $out`,
-		a.nonce, n, a.version)
+	script := ": " + a.nonce
+	for i, g := range gates {
+		script += fmt.Sprintf(`; echo "browser-tick %d"; %s`, i+1, g.Script())
+	}
+	script += fmt.Sprintf("; echo version=%d > $out; echo healthy=yes >> $out", a.version)
 	before := a.head
 	if before == "" {
 		before = strings.Repeat("0", 40)

@@ -10,9 +10,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -25,11 +27,15 @@ type delivery struct {
 }
 
 // pushDelivery turns a real recorded push delivery of the given forge into
-// one for repo, branch and the commits before -> after: the recorded body is
-// decoded, those fields are replaced, and it is encoded the way that forge
-// encodes (GitHub compact, Forgejo 2-space indented without a trailing
-// newline) and signed with secret under every header the forge uses. The
-// recorded headers are kept, with the delivery id replaced by id.
+// one for repo, branch and the commits before -> after: those values are
+// replaced in the recorded bytes, every key kept in the forge's own order
+// and every other byte as recorded (rewriteJSON), so the body is encoded the
+// way that forge encodes: Forgejo's recording is its wire bytes (2-space
+// indented without a trailing newline); GitHub's is its documentation's
+// example, pretty-printed, and GitHub sends compact JSON, so it is
+// compacted, which keeps its order too. It is signed with secret under every
+// header the forge uses. The recorded headers are kept, with the delivery id
+// replaced by id.
 func pushDelivery(t testing.TB, kind, repo, branch, before, after, id, secret string) delivery {
 	t.Helper()
 	dir := filepath.Join("server", "testdata", "deliveries", kind)
@@ -46,38 +52,16 @@ func pushDelivery(t testing.TB, kind, repo, branch, before, after, id, secret st
 	if err != nil {
 		t.Fatal(err)
 	}
-	var p map[string]any
-	if err := json.Unmarshal(raw, &p); err != nil {
+	body, err := rewriteJSON(raw, pushValues(kind, repo, branch, before, after))
+	if err != nil {
 		t.Fatalf("recorded %s delivery: %v", kind, err)
 	}
-	owner, name, _ := strings.Cut(repo, "/")
-	r := p["repository"].(map[string]any)
-	r["full_name"], r["name"] = repo, name
-	r["owner"].(map[string]any)["login"] = owner
-	if _, ok := r["owner"].(map[string]any)["username"]; ok {
-		r["owner"].(map[string]any)["username"] = owner
-	}
-	p["ref"], p["before"], p["after"] = "refs/heads/"+branch, before, after
 	if kind == "github" {
-		p["created"], p["deleted"], p["forced"] = false, false, false
-		if hc, ok := p["head_commit"].(map[string]any); ok {
-			hc["id"] = after
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, body); err != nil {
+			t.Fatal(err)
 		}
-	} else {
-		commits := p["commits"].([]any)
-		commits[0].(map[string]any)["id"] = after
-		if hc, ok := p["head_commit"].(map[string]any); ok {
-			hc["id"] = after
-		}
-	}
-	var body []byte
-	if kind == "github" {
-		body, err = json.Marshal(p)
-	} else {
-		body, err = json.MarshalIndent(p, "", "  ")
-	}
-	if err != nil {
-		t.Fatal(err)
+		body = compact.Bytes()
 	}
 	sig := hmacHex(sha256.New, secret, body)
 	h := http.Header{}
@@ -106,6 +90,132 @@ func pushDelivery(t testing.TB, kind, repo, branch, before, after, id, secret st
 	}
 	path := "/hooks/" + kind
 	return delivery{path: path, header: h, body: body}
+}
+
+// pushValues are the values pushDelivery replaces in a recorded push of
+// the given forge, by path (see rewriteJSON).
+func pushValues(kind, repo, branch, before, after string) map[string]any {
+	owner, name, _ := strings.Cut(repo, "/")
+	v := map[string]any{
+		"repository/full_name":   repo,
+		"repository/name":        name,
+		"repository/owner/login": owner,
+		"ref":                    "refs/heads/" + branch,
+		"before":                 before,
+		"after":                  after,
+		"head_commit/id":         after,
+	}
+	if kind == "github" {
+		v["created"], v["deleted"], v["forced"] = false, false, false
+	} else {
+		v["repository/owner/username"] = owner
+		v["commits/0/id"] = after
+	}
+	return v
+}
+
+// rewriteJSON returns raw with the value at each path of values replaced by
+// that value, JSON-encoded; every other byte, the order of keys and the
+// layout included, stays as recorded. A path is object keys and array
+// indexes joined by "/" ("commits/0/id"), and must lead to a string,
+// number, bool or null in raw. It walks raw with a json.Decoder's token
+// stream, which tells where each value ends (InputOffset); the value
+// starts at the first byte after the preceding ':', ',' or '[' and blanks.
+func rewriteJSON(raw []byte, values map[string]any) ([]byte, error) {
+	type frame struct {
+		object bool
+		key    string // the current key, in an object
+		index  int    // the current element, in an array
+		keyNow bool   // an object expects a key next
+	}
+	type edit struct {
+		start, end int
+		value      []byte
+	}
+	var (
+		stack []*frame
+		edits []edit
+		done  = map[string]bool{}
+	)
+	path := func() string {
+		parts := make([]string, len(stack))
+		for i, f := range stack {
+			if f.object {
+				parts[i] = f.key
+			} else {
+				parts[i] = strconv.Itoa(f.index)
+			}
+		}
+		return strings.Join(parts, "/")
+	}
+	// valueEnded moves the enclosing container past the value just read.
+	valueEnded := func() {
+		if n := len(stack); n > 0 {
+			if top := stack[n-1]; top.object {
+				top.keyNow = true
+			} else {
+				top.index++
+			}
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	for {
+		before := int(dec.InputOffset())
+		tok, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n := len(stack); n > 0 && stack[n-1].object && stack[n-1].keyNow {
+			if d, ok := tok.(json.Delim); ok && d == '}' {
+				stack = stack[:n-1]
+				valueEnded()
+				continue
+			}
+			stack[n-1].key, stack[n-1].keyNow = tok.(string), false
+			continue
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			if _, ok := values[path()]; ok && len(stack) > 0 {
+				return nil, fmt.Errorf("%s is an object or array, not a value to replace", path())
+			}
+			stack = append(stack, &frame{object: tok == json.Delim('{'), keyNow: true})
+			continue
+		case json.Delim(']'):
+			stack = stack[:len(stack)-1]
+			valueEnded()
+			continue
+		}
+		p := path()
+		if v, ok := values[p]; ok {
+			start := before
+			for start < len(raw) && bytes.IndexByte([]byte(" \t\r\n:,[{"), raw[start]) >= 0 {
+				start++
+			}
+			b, err := json.Marshal(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", p, err)
+			}
+			edits = append(edits, edit{start: start, end: int(dec.InputOffset()), value: b})
+			done[p] = true
+		}
+		valueEnded()
+	}
+	for p := range values {
+		if !done[p] {
+			return nil, fmt.Errorf("no value at %s", p)
+		}
+	}
+	out := append([]byte(nil), raw...)
+	for i := len(edits) - 1; i >= 0; i-- {
+		e := edits[i]
+		out = append(out[:e.start:e.start], append(e.value, out[e.end:]...)...)
+	}
+	return out, nil
 }
 
 // recordedHeaders reads a "Name: value" per line header file.
@@ -175,4 +285,127 @@ func (d delivery) accepted(t testing.TB, base string) int64 {
 		t.Fatalf("202 url %q, want it to end in %s", a.URL, want)
 	}
 	return a.DeployID
+}
+
+// TestPushDeliveryKeepsTheForgesEncoding holds pushDelivery to its word:
+// the body it makes has every key of the recorded delivery in the
+// recorded order, the new values at their places, and, with the recorded
+// values put back, is the recorded bytes (Forgejo) or their compact form
+// (GitHub) byte for byte. A body decoded into a map and encoded again
+// comes out with its keys sorted, and fails the first check.
+func TestPushDeliveryKeepsTheForgesEncoding(t *testing.T) {
+	const (
+		before = "1111111111111111111111111111111111111111"
+		after  = "2222222222222222222222222222222222222222"
+	)
+	for _, tc := range []struct{ kind, file string }{
+		{"github", "push-new-branch.json"},
+		{"forgejo", "push-2.body.json"},
+	} {
+		t.Run(tc.kind, func(t *testing.T) {
+			raw, err := os.ReadFile(filepath.Join("server", "testdata", "deliveries", tc.kind, tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := pushDelivery(t, tc.kind, "acme/web", "main", before, after, "id-1", "secret")
+
+			recordedKeys, gotKeys := keyPaths(t, raw), keyPaths(t, d.body)
+			if strings.Join(gotKeys, " ") != strings.Join(recordedKeys, " ") {
+				t.Fatalf("keys of the delivery body are not the recorded ones in the recorded order:\n got %v\nwant %v",
+					gotKeys[:min(len(gotKeys), 12)], recordedKeys[:min(len(recordedKeys), 12)])
+			}
+
+			var recorded, got any
+			if err := json.Unmarshal(raw, &recorded); err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(d.body, &got); err != nil {
+				t.Fatal(err)
+			}
+			values := pushValues(tc.kind, "acme/web", "main", before, after)
+			old := map[string]any{}
+			for p, want := range values {
+				if v := valueAt(got, p); v != want {
+					t.Errorf("%s = %#v, want %#v", p, v, want)
+				}
+				old[p] = valueAt(recorded, p)
+			}
+			back, err := rewriteJSON(d.body, old)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := raw
+			if tc.kind == "github" {
+				var compact bytes.Buffer
+				if err := json.Compact(&compact, raw); err != nil {
+					t.Fatal(err)
+				}
+				want = compact.Bytes()
+			}
+			if !bytes.Equal(back, want) {
+				t.Errorf("with the recorded values put back, the body differs from the recorded delivery%s:\n%s",
+					map[bool]string{true: " (compacted)"}[tc.kind == "github"], back)
+			}
+		})
+	}
+}
+
+// keyPaths lists the path of every object key in the JSON document raw,
+// in document order ("repository/owner/login", "commits/0/id").
+func keyPaths(t *testing.T, raw []byte) []string {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	var out []string
+	var walk func(prefix string) error
+	walk = func(prefix string) error {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'):
+			for dec.More() {
+				k, err := dec.Token()
+				if err != nil {
+					return err
+				}
+				out = append(out, prefix+k.(string))
+				if err := walk(prefix + k.(string) + "/"); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+		case json.Delim('['):
+			for i := 0; dec.More(); i++ {
+				if err := walk(prefix + strconv.Itoa(i) + "/"); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+		}
+		return err
+	}
+	if err := walk(""); err != nil {
+		t.Fatalf("walk %s...: %v", raw[:min(len(raw), 40)], err)
+	}
+	return out
+}
+
+// valueAt is the value at path (see rewriteJSON) in a decoded document.
+func valueAt(doc any, path string) any {
+	for _, part := range strings.Split(path, "/") {
+		switch v := doc.(type) {
+		case map[string]any:
+			doc = v[part]
+		case []any:
+			i, err := strconv.Atoi(part)
+			if err != nil || i >= len(v) {
+				return nil
+			}
+			doc = v[i]
+		default:
+			return nil
+		}
+	}
+	return doc
 }

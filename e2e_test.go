@@ -181,7 +181,6 @@ const (
 	healthy   = "healthy"
 	broken    = "broken"    // the build fails
 	unhealthy = "unhealthy" // builds, but the service answers 500
-	slow      = "slow"      // builds for a few seconds, then is healthy
 )
 
 // commit commits a flake whose build is of the given kind and returns the
@@ -196,8 +195,6 @@ func (a *app) commit(kind string) string {
 		script = fmt.Sprintf("echo 'compiling version %d'; echo 'error: this build is broken on purpose' >&2; exit 1", a.version)
 	case unhealthy:
 		script = fmt.Sprintf("echo version=%d > $out; echo healthy=no >> $out", a.version)
-	case slow:
-		script = fmt.Sprintf("i=0; while [ $i -lt 1500000 ]; do i=$((i+1)); done; echo version=%d > $out; echo healthy=yes >> $out", a.version)
 	default:
 		a.t.Fatalf("unknown commit kind %q", kind)
 	}
@@ -232,6 +229,32 @@ func (a *app) push(kind string) (string, delivery) {
 	a.repo.Push(a.t, "main")
 	a.head = sha
 	return sha, a.delivery(before, sha)
+}
+
+// pushHeld commits and pushes a healthy build of the next version that
+// waits at gate before it writes its output, and returns the commit and
+// its delivery. Its deploy stays "building" until the test opens the gate:
+// flakeship must run with buildsSeeGates.
+func (a *app) pushHeld(gate *testenv.Gate) (string, delivery) {
+	a.t.Helper()
+	a.version++
+	script := fmt.Sprintf(": %s; %s; echo version=%d > $out; echo healthy=yes >> $out", a.nonce, gate.Script(), a.version)
+	before := a.head
+	if before == "" {
+		before = strings.Repeat("0", 40)
+	}
+	sha := a.repo.Commit(a.t, fmt.Sprintf("version %d, held at a gate", a.version), map[string]string{"flake.nix": a.flake(script)})
+	a.repo.Push(a.t, "main")
+	a.head = sha
+	return sha, a.delivery(before, sha)
+}
+
+// buildsSeeGates makes flakeship run nix without its sandbox, which would
+// hide a testenv.Gate's pipe from the builds of pushHeld. Call it before
+// start.
+func (a *app) buildsSeeGates() {
+	a.extraEnv = append(a.extraEnv, "FLAKESHIP_NIX_FLAGS=--extra-experimental-features 'nix-command flakes' "+
+		"--option substituters '' "+strings.Join(testenv.NoSandbox, " "))
 }
 
 var deliverySeq int
@@ -418,15 +441,21 @@ func (f *flakeship) waitEnd(id int64) deployRecord {
 	return d
 }
 
-// waitFor polls cond every 20ms until it holds or the timeout passes.
+// waitFor checks cond until it holds or the timeout passes, at first
+// every 10ms and then less often, up to every 100ms: a condition that
+// stays true once it holds (a deploy that ended, a status received), not a
+// state that passes, which a test holds at a gate and waits for with
+// waitState. The timeout is a safety net; give it generously.
 func waitFor(t *testing.T, timeout time.Duration, cond func() bool, why func() string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
+	delay := 10 * time.Millisecond
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %s: %s", timeout, why())
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(delay)
+		delay = min(2*delay, 100*time.Millisecond)
 	}
 }
 

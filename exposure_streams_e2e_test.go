@@ -28,23 +28,6 @@ import (
 // abandonedStreams is how many streams the test opens and drops.
 const abandonedStreams = 3000
 
-// pushHeld commits and pushes a healthy build of the next version that
-// waits at gate before it writes its output, and returns the commit and
-// its delivery.
-func (a *app) pushHeld(gate *testenv.Gate) (string, delivery) {
-	a.t.Helper()
-	a.version++
-	script := fmt.Sprintf(": %s; %s; echo version=%d > $out; echo healthy=yes >> $out", a.nonce, gate.Script(), a.version)
-	before := a.head
-	if before == "" {
-		before = strings.Repeat("0", 40)
-	}
-	sha := a.repo.Commit(a.t, fmt.Sprintf("version %d, held at a gate", a.version), map[string]string{"flake.nix": a.flake(script)})
-	a.repo.Push(a.t, "main")
-	a.head = sha
-	return sha, a.delivery(before, sha)
-}
-
 // openFds counts the process's open file descriptors.
 func openFds(t *testing.T, pid int) int {
 	t.Helper()
@@ -195,8 +178,7 @@ func (k *keptStream) wait(t *testing.T, what string) string {
 func TestAbandonedLogStreamsCostNothing(t *testing.T) {
 	a := newApp(t, "github")
 	gate := testenv.NewGate(t)
-	a.extraEnv = append(a.extraEnv, "FLAKESHIP_NIX_FLAGS=--extra-experimental-features 'nix-command flakes' "+
-		"--option substituters '' --option sandbox false")
+	a.buildsSeeGates()
 	f := a.start()
 	pid := f.cmd.Process.Pid
 	sha, d := a.pushHeld(gate)

@@ -26,7 +26,7 @@ import (
 // fault is gone.
 
 // pushSettings commits and pushes a healthy build of the next version whose
-// service reads the extra settings lines too (like "delay=2", see
+// service reads the extra settings lines too (like "gate=/path", see
 // builder/testdata/healthsrv), and returns the commit and its delivery.
 func (a *app) pushSettings(settings ...string) (string, delivery) {
 	a.t.Helper()
@@ -294,17 +294,19 @@ func TestFaultGitServerFailingFailsTheFetchCleanly(t *testing.T) {
 
 // TestFaultNixKilledMidBuildFailsOnlyThatDeploy kills the nix process of a
 // running build with SIGKILL, once as soon as it runs (evaluating the
-// flake) and once while its builder runs: each time the deploy fails in its
-// build and the running version stays. Then the next push builds and
-// deploys: nothing was left locked or half written, the target's nix cache
-// included.
+// flake) and once while its builder waits at a gate: each time the deploy
+// fails in its build and the running version stays. Then the next push
+// builds and deploys: nothing was left locked or half written, the
+// target's nix cache included.
 //
 // A builder whose nix was killed with SIGKILL runs on until it ends by
 // itself: nix put it in a session of its own, out of reach of the process
 // group flakeship stops. (A cancel or a timeout sends nix SIGTERM first, and
-// nix stops its builder.) The test waits for it to end, bounded.
+// nix stops its builder.) The test opens the gate after the kill, and waits,
+// bounded, for the builder to end.
 func TestFaultNixKilledMidBuildFailsOnlyThatDeploy(t *testing.T) {
 	a := newApp(t, "github")
+	a.buildsSeeGates()
 	f := a.start()
 	_, d1 := a.push(healthy)
 	if got := f.waitEnd(d1.accepted(t, f.base)); got.State != "succeeded" {
@@ -315,18 +317,21 @@ func TestFaultNixKilledMidBuildFailsOnlyThatDeploy(t *testing.T) {
 	builderRuns := func() bool { return len(processesWith(a.nonce)) > 0 }
 	for _, moment := range []struct {
 		name string
-		when func() bool // kill nix once this holds
+		when func(id int64) bool // kill nix once this holds
 	}{
-		{"as soon as nix runs", func() bool { return true }},
-		{"while the builder runs", builderRuns},
+		{"as soon as nix runs", func(int64) bool { return true }},
+		{"while the builder waits at the gate", func(id int64) bool {
+			return builderRuns() && strings.Contains(a.deployLog(id), "waiting at the gate")
+		}},
 	} {
-		sha, d := a.push(slow)
+		gate := testenv.NewGate(t)
+		sha, d := a.pushHeld(gate)
 		id := d.accepted(t, f.base)
 		f.waitState(id, "building")
 		var nix []int
-		waitFor(t, 30*time.Second, func() bool {
+		waitFor(t, time.Minute, func() bool {
 			nix = childrenNamed(f.cmd.Process.Pid, "nix")
-			return len(nix) > 0 && moment.when()
+			return len(nix) > 0 && moment.when(id)
 		}, func() string { return fmt.Sprintf("nix processes %v, builder running: %v", nix, builderRuns()) })
 		building := builderRuns()
 		for _, pid := range nix {
@@ -339,13 +344,16 @@ func TestFaultNixKilledMidBuildFailsOnlyThatDeploy(t *testing.T) {
 			t.Fatalf("deploy whose nix was killed %s = %+v, want failed in its build", moment.name, got)
 		}
 		t.Logf("killed nix %v %s (builder running: %v); the deploy ended %s: %s", nix, moment.name, building, got.State, got.Error)
-		killed := time.Now()
-		waitFor(t, 30*time.Second, func() bool { return !builderRuns() },
+		if err := gate.Open(); err != nil {
+			t.Fatal(err)
+		}
+		opened := time.Now()
+		waitFor(t, time.Minute, func() bool { return !builderRuns() },
 			func() string {
-				return fmt.Sprintf("processes of the killed build still run: %v", processesWith(a.nonce))
+				return fmt.Sprintf("processes of the killed build still run after the gate opened: %v", processesWith(a.nonce))
 			})
 		if building {
-			t.Logf("the builder was gone %s after nix was killed", time.Since(killed).Round(10*time.Millisecond))
+			t.Logf("the builder was gone %s after the gate opened", time.Since(opened).Round(10*time.Millisecond))
 		}
 		if st := a.waitStatus(sha, "failure"); st.Description != "Build failed: see log" {
 			t.Errorf("failure status description %q", st.Description)
@@ -365,9 +373,18 @@ func TestFaultNixKilledMidBuildFailsOnlyThatDeploy(t *testing.T) {
 // TestKilledAtEachStepIsRetriedOnce kills flakeship with SIGKILL while a
 // deploy is fetching, building, activating and verifying, and starts it
 // again each time: the deploy is interrupted, retried exactly once, and the
-// retry deploys the same commit; no status is left pending.
+// retry deploys the same commit; no status is left pending. Each step is
+// held until the kill by something the test controls, not a timer: the git
+// server holds the fetch, the build waits at a gate, the unit's
+// ExecStartPre waits at a gate, and the service waits at a gate before it
+// listens.
 func TestKilledAtEachStepIsRetriedOnce(t *testing.T) {
 	a := newApp(t, "github")
+	a.buildsSeeGates()
+	// Verify waits for a service held at a gate for as long as the test
+	// takes to see it verifying and kill flakeship: the health timeout is
+	// no time window.
+	a.extraEnv = append(a.extraEnv, "FLAKESHIP_TARGET_APP_HEALTH_TIMEOUT=1h")
 	parent := a.t
 	f := a.start()
 	_, d := a.push(healthy)
@@ -375,56 +392,62 @@ func TestKilledAtEachStepIsRetriedOnce(t *testing.T) {
 		t.Fatalf("first deploy = %+v, want succeeded", got)
 	}
 	f.stop(syscall.SIGTERM)
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	for _, step := range []struct {
 		state string
-		// push pushes the commit to kill the deploy of; undo, if set,
-		// ends the slowness after the kill.
-		push func() (string, delivery)
-		undo func()
+		// hold pushes the commit to kill the deploy of, held in state;
+		// release, called after the kill, lets what was held go on.
+		hold func(t *testing.T) (sha string, d delivery, release func())
 	}{
 		{
-			// The git server takes far longer than the test waits to
-			// answer the fetch.
+			// The git server holds the fetch unanswered.
 			state: "fetching",
-			push: func() (string, delivery) {
-				a.git.SetDelay(time.Minute)
-				return a.push(healthy)
+			hold: func(t *testing.T) (string, delivery, func()) {
+				sha, d := a.push(healthy)
+				h := a.git.Hold(t)
+				return sha, d, h.Release
 			},
-			undo: func() { a.git.SetDelay(0) },
 		},
-		{state: "building", push: func() (string, delivery) { return a.push(slow) }},
 		{
-			// The restart waits for the unit's start, which takes 3 s.
+			// The build waits at a gate.
+			state: "building",
+			hold: func(t *testing.T) (string, delivery, func()) {
+				gate := testenv.NewGate(t)
+				sha, d := a.pushHeld(gate)
+				return sha, d, func() { openGate(t, gate) }
+			},
+		},
+		{
+			// The restart waits for the unit's start, whose ExecStartPre
+			// waits at a gate.
 			state: "activating",
-			push: func() (string, delivery) {
-				a.writeUnit("ExecStartPre=" + sleep + " 3\n")
-				return a.push(healthy)
+			hold: func(t *testing.T) (string, delivery, func()) {
+				gate := testenv.NewGate(t)
+				a.writeUnit("ExecStartPre=" + gate.Program(t) + "\nTimeoutStartSec=infinity\n")
+				sha, d := a.push(healthy)
+				return sha, d, func() { a.writeUnit(""); openGate(t, gate) }
 			},
-			undo: func() { a.writeUnit("") },
 		},
 		{
-			// The service starts at once but listens only after 2 s, within
-			// HEALTH_TIMEOUT: verify waits for it.
+			// The service starts at once but waits at a gate before it
+			// listens: verify waits for it.
 			state: "verifying",
-			push:  func() (string, delivery) { return a.pushSettings("delay=2") },
+			hold: func(t *testing.T) (string, delivery, func()) {
+				gate := testenv.NewGate(t)
+				sha, d := a.pushSettings("gate=" + gate.Path())
+				return sha, d, func() { openGate(t, gate) }
+			},
 		},
 	} {
 		t.Run(step.state, func(t *testing.T) {
 			a.t = t
 			defer func() { a.t = parent }()
 			f := a.start()
-			sha, d := step.push()
+			sha, d, release := step.hold(t)
 			id := d.accepted(t, f.base)
 			f.waitState(id, step.state)
 			f.stop(syscall.SIGKILL)
-			if step.undo != nil {
-				step.undo()
-			}
+			release()
 
 			f = a.start()
 			first := f.waitEnd(id)
@@ -446,6 +469,14 @@ func TestKilledAtEachStepIsRetriedOnce(t *testing.T) {
 			}
 			f.stop(syscall.SIGTERM)
 		})
+	}
+}
+
+// openGate opens gate or fails t.
+func openGate(t *testing.T, gate *testenv.Gate) {
+	t.Helper()
+	if err := gate.Open(); err != nil {
+		t.Fatal(err)
 	}
 }
 

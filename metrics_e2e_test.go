@@ -43,9 +43,9 @@ func TestMetricsCountADeployAndEachDelivery(t *testing.T) {
 	}
 
 	// The deploy's record is stored a moment before the queue reports its
-	// end to the metrics.
+	// end to the metrics: waited for, bounded generously.
 	var m scrape
-	waitFor(t, 10*time.Second, func() bool {
+	waitFor(t, time.Minute, func() bool {
 		m = f.readMetrics()
 		v, _ := m.value("flakeship_deploys_total", "target", "app", "state", "succeeded")
 		return v == 1

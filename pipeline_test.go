@@ -8,10 +8,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flakeship/flakeship/internal/testenv"
 )
 
 var forges = []string{"github", "forgejo"}
@@ -229,14 +233,20 @@ func TestKilledMidBuildRetriesAndLosesNothing(t *testing.T) {
 	for _, kind := range forges {
 		t.Run(kind, func(t *testing.T) {
 			a := newApp(t, kind)
+			a.buildsSeeGates()
 			f := a.start()
 
-			// Killed while building the only deploy: it is retried once
-			// and succeeds.
-			sha1, d1 := a.push(slow)
+			// Killed while building the only deploy, held at a gate: it is
+			// retried once and succeeds. (The killed flakeship's nix runs
+			// on in its own process group; the open gate lets it end.)
+			gate := testenv.NewGate(t)
+			sha1, d1 := a.pushHeld(gate)
 			id1 := d1.accepted(t, f.base)
 			f.waitState(id1, "building")
 			f.stop(syscall.SIGKILL)
+			if err := gate.Open(); err != nil {
+				t.Fatal(err)
+			}
 
 			f = a.start()
 			first := f.waitEnd(id1)
@@ -252,7 +262,8 @@ func TestKilledMidBuildRetriesAndLosesNothing(t *testing.T) {
 
 			// Killed while building, with two more pushes acknowledged
 			// meanwhile: nothing acknowledged is lost; the newest deploys.
-			_, d2 := a.push(slow)
+			gate = testenv.NewGate(t)
+			_, d2 := a.pushHeld(gate)
 			id2 := d2.accepted(t, f.base)
 			f.waitState(id2, "building")
 			_, d3 := a.push(healthy)
@@ -260,6 +271,9 @@ func TestKilledMidBuildRetriesAndLosesNothing(t *testing.T) {
 			sha4, d4 := a.push(healthy)
 			id4 := d4.accepted(t, f.base)
 			f.stop(syscall.SIGKILL)
+			if err := gate.Open(); err != nil {
+				t.Fatal(err)
+			}
 
 			f = a.start()
 			if d := f.waitEnd(id4); d.State != "succeeded" || d.SHA != sha4 {
@@ -278,16 +292,39 @@ func TestKilledMidBuildRetriesAndLosesNothing(t *testing.T) {
 	}
 }
 
-// waitState waits until deploy id is in state s.
+// stateChangedRE matches the log line flakeship writes at each move of a
+// deploy: its id and the state it moved to.
+var stateChangedRE = regexp.MustCompile(`msg="deploy state changed" .*\bdeploy_id=(\d+) .*\bstate=(\w+)`)
+
+// announced returns the states flakeship's log says deploy id moved to, in
+// order.
+func announced(logs string, id int64) []string {
+	var out []string
+	for _, m := range stateChangedRE.FindAllStringSubmatch(logs, -1) {
+		if m[1] == strconv.FormatInt(id, 10) {
+			out = append(out, m[2])
+		}
+	}
+	return out
+}
+
+// waitState waits until flakeship announces in its log that deploy id
+// moved to state s, woken by each line it logs rather than by polling.
+// The tests hold a deploy in s (a build at a gate, a held fetch, a unit or
+// service waiting at a gate), so the API must still say s when asked
+// afterwards, with no hurry: waitState checks that too.
 func (f *flakeship) waitState(id int64, s string) {
 	f.t.Helper()
-	var d deployRecord
-	waitFor(f.t, 60*time.Second, func() bool {
-		d = f.deploy(id)
-		return d.State == s || terminal[d.State]
-	}, func() string { return fmt.Sprintf("deploy %d is %s, want %s", id, d.State, s) })
-	if d.State != s {
-		f.t.Fatalf("deploy %d ended %s before reaching %s: %+v", id, d.State, s, d)
+	var states []string
+	f.logs.Wait(2*time.Minute, func(logs string) bool {
+		states = announced(logs, id)
+		return len(states) > 0 && (states[len(states)-1] == s || terminal[states[len(states)-1]])
+	})
+	if n := len(states); n == 0 || states[n-1] != s {
+		f.t.Fatalf("deploy %d moved through %v, want it held in %s\n%s", id, states, s, f.logs.String())
+	}
+	if d := f.deploy(id); d.State != s {
+		f.t.Fatalf("deploy %d is %s when asked after it moved to %s: nothing held it there: %+v", id, d.State, s, d)
 	}
 }
 
@@ -377,17 +414,48 @@ func logSteps(t *testing.T, f *flakeship, d deployRecord) {
 }
 
 // TestSigtermLetsTheRunningDeployFinish stops flakeship with SIGTERM while
-// it builds: it stops taking deliveries, finishes the deploy within its
-// grace period, and exits; nothing is left for a retry.
+// it builds (held at a gate): it stops taking deliveries, and once the
+// gate opens it finishes the deploy within its grace period and exits;
+// nothing is left for a retry.
 func TestSigtermLetsTheRunningDeployFinish(t *testing.T) {
 	a := newApp(t, "github")
+	a.buildsSeeGates()
 	f := a.start()
-	sha, d := a.push(slow)
+	gate := testenv.NewGate(t)
+	sha, d := a.pushHeld(gate)
 	id := d.accepted(t, f.base)
 	f.waitState(id, "building")
-	f.stop(syscall.SIGTERM)
+	if err := f.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Intake stops first: flakeship says so, and its port refuses
+	// connections, while the deploy is still held in its build.
+	if !f.logs.Wait(time.Minute, func(logs string) bool { return strings.Contains(logs, `msg="shutting down"`) }) {
+		t.Fatalf("flakeship never said it was shutting down:\n%s", f.logs.String())
+	}
+	waitFor(t, time.Minute, func() bool {
+		c, err := net.Dial("tcp", strings.TrimPrefix(f.base, "http://"))
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	}, func() string { return "flakeship still accepts connections after SIGTERM" })
+	if states := announced(f.logs.String(), id); states[len(states)-1] != "building" {
+		t.Fatalf("deploy %d moved through %v before the gate opened, want it still building", id, states)
+	}
+	if err := gate.Open(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.done:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("flakeship did not exit after SIGTERM once the gate opened:\n%s", f.logs.String())
+	}
 	if code := f.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("flakeship exited %d after SIGTERM, want 0\n%s", code, f.logs.String())
+	}
+	if states := announced(f.logs.String(), id); states[len(states)-1] != "succeeded" {
+		t.Fatalf("deploy %d moved through %v after SIGTERM, want it to end succeeded\n%s", id, states, f.logs.String())
 	}
 	a.wantRunning(1)
 

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/flakeship/flakeship/internal/testenv"
 )
 
 func TestExecStreamsOutputLineByLine(t *testing.T) {
@@ -66,9 +68,11 @@ func TestExecErrors(t *testing.T) {
 
 func TestExecCancelKillsTheWholeProcessGroup(t *testing.T) {
 	marker := fmt.Sprintf("flakeship-exec-%d", time.Now().UnixNano())
-	// The leader starts a child that ignores SIGTERM and keeps the output
-	// pipes open; only the group SIGKILL after the grace ends it.
-	script := fmt.Sprintf(`sh -c 'trap "" TERM; echo started; while :; do sleep 0.05; done # %s' & wait`, marker)
+	// The leader starts a child that ignores SIGTERM, keeps the output
+	// pipes open and waits at a gate that opens only when the test ends;
+	// only the group SIGKILL after the grace ends it.
+	gate := testenv.NewGate(t)
+	script := fmt.Sprintf(`sh -c 'trap "" TERM; echo started; %s # %s' & wait`, gate.Script(), marker)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	log := &signalBuffer{needle: "started", seen: make(chan struct{})}
@@ -96,7 +100,7 @@ func TestExecCancelKillsTheWholeProcessGroup(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || !strings.HasPrefix(err.Error(), "killed: ") {
 		t.Errorf("error = %v, want killed: context canceled", err)
 	}
-	if !pollUntil(5*time.Second, func() bool { return len(processesWith(t, marker)) == 0 }) {
+	if !pollUntil(time.Minute, func() bool { return len(processesWith(t, marker)) == 0 }) {
 		t.Errorf("processes of the group survived: %v", processesWith(t, marker))
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -110,26 +111,65 @@ func TestNixBuildFailuresAreOneLineWithDetailsInTheLog(t *testing.T) {
 	}
 }
 
+// TestNixBuildTimeoutKillsTheBuildAndItsBuilder holds a build at a gate
+// and lets its deadline pass once its builder is seen waiting there, not at
+// a time that has to cover nix's evaluation and the builder's start: the
+// build ends with the deadline's error and no process of it is left.
 func TestNixBuildTimeoutKillsTheBuildAndItsBuilder(t *testing.T) {
 	testenv.Require(t, "git", "nix")
 	repo := newFlakeRepo(t)
-	marker := fmt.Sprintf("flakeship-spin-%d", time.Now().UnixNano())
-	c := repo.commit("spin", map[string]string{"marker": marker})
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
-	defer cancel()
+	marker := fmt.Sprintf("flakeship-held-%d", time.Now().UnixNano())
+	gate := testenv.NewGate(t) // opens only when the test ends
+	c := repo.commit("gate", map[string]string{"marker": marker, "gate": strings.ReplaceAll(gate.Script(), `"`, `\"`)})
+	n := testNix()
+	n.Flags = append(n.Flags, testenv.NoSandbox...)
 	log := &testenv.Buffer{}
-	outPath, err := testNix().Build(ctx, repo.spec(), c, log)
+	ctx := newEventDeadline()
+	go func() {
+		// The deadline comes once the builder waits at the gate, or after a
+		// generous safety net, which fails the test below.
+		log.Wait(2*time.Minute, func(s string) bool { return strings.Contains(s, "waiting at the gate") })
+		ctx.expire()
+	}()
+	outPath, err := n.Build(ctx, repo.spec(), c, log)
 	if err == nil {
 		t.Fatalf("Build = %q, want an error", outPath)
 	}
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "deadline") {
 		t.Errorf("error = %q, want it to wrap context.DeadlineExceeded", err)
 	}
-	if !strings.Contains(log.String(), "spinning "+marker) {
-		t.Fatalf("the builder never started before the deadline; log:\n%s", log.String())
+	if !strings.Contains(log.String(), "holding "+marker) || !strings.Contains(log.String(), "waiting at the gate") {
+		t.Fatalf("the builder never reached the gate before the deadline; log:\n%s", log.String())
 	}
-	if !pollUntil(10*time.Second, func() bool { return len(processesWith(t, marker)) == 0 }) {
+	if !pollUntil(time.Minute, func() bool { return len(processesWith(t, marker)) == 0 }) {
 		t.Errorf("processes still running the build: %v", processesWith(t, marker))
+	}
+}
+
+// eventDeadline is a context whose deadline passes when the test says so
+// rather than at a time: once expire is called, Done is closed and Err is
+// context.DeadlineExceeded, all that code under a context.WithTimeout sees
+// when its time is up.
+type eventDeadline struct {
+	context.Context
+	done chan struct{}
+	once sync.Once
+}
+
+func newEventDeadline() *eventDeadline {
+	return &eventDeadline{Context: context.Background(), done: make(chan struct{})}
+}
+
+func (c *eventDeadline) expire() { c.once.Do(func() { close(c.done) }) }
+
+func (c *eventDeadline) Done() <-chan struct{} { return c.done }
+
+func (c *eventDeadline) Err() error {
+	select {
+	case <-c.done:
+		return context.DeadlineExceeded
+	default:
+		return nil
 	}
 }
 

@@ -51,6 +51,7 @@ type Server struct {
 	requests atomic.Int64
 	failing  atomic.Int64 // status every request gets, 0 for normal service
 	delay    atomic.Int64 // time.Duration each request waits before its answer
+	hold     atomic.Pointer[Hold]
 }
 
 // Option configures a Server.
@@ -97,6 +98,9 @@ func NewServer(t testing.TB, opts ...Option) *Server {
 func (s *Server) handler(backend http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.requests.Add(1)
+		if h := s.hold.Load(); h != nil && !h.wait(r) {
+			return // the client went away: nothing to answer
+		}
 		if d := time.Duration(s.delay.Load()); d > 0 {
 			timer := time.NewTimer(d)
 			select {
@@ -147,6 +151,49 @@ func (s *Server) SetFailing(code int) {
 // service.
 func (s *Server) SetDelay(d time.Duration) {
 	s.delay.Store(int64(d))
+}
+
+// Hold makes every request wait, unanswered, until the hold is released
+// (or its client goes away): a remote that hangs for exactly as long as the
+// test needs, with no timer. It is released when t ends, if not before.
+func (s *Server) Hold(t testing.TB) *Hold {
+	h := &Hold{s: s, reached: make(chan struct{}), released: make(chan struct{})}
+	s.hold.Store(h)
+	t.Cleanup(h.Release)
+	return h
+}
+
+// Hold is a Server's requests held unanswered; see Server.Hold.
+type Hold struct {
+	s           *Server
+	reached     chan struct{} // closed when the first request waits
+	reachedOnce sync.Once
+	released    chan struct{}
+	releaseOnce sync.Once
+}
+
+// Reached is closed once a request waits at the hold.
+func (h *Hold) Reached() <-chan struct{} { return h.reached }
+
+// Release lets the waiting requests be answered, and later ones at once.
+// It may be called more than once.
+func (h *Hold) Release() {
+	h.releaseOnce.Do(func() {
+		h.s.hold.CompareAndSwap(h, nil)
+		close(h.released)
+	})
+}
+
+// wait holds r until the release, and says false if its client went away
+// first.
+func (h *Hold) wait(r *http.Request) bool {
+	h.reachedOnce.Do(func() { close(h.reached) })
+	select {
+	case <-h.released:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
 }
 
 // Requests returns how many HTTP requests the server has received, answered

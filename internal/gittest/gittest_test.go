@@ -204,15 +204,10 @@ func TestGitServerDelaysOnDemand(t *testing.T) {
 	repo.Push(t, "main")
 	infoRefs := srv.URL("app") + "/info/refs?service=git-upload-pack"
 
-	// A client that waits less than the delay gets no answer; the server
-	// stops waiting when it goes away.
-	get := func(t *testing.T, timeout time.Duration) (int, error) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(t.Context(), timeout)
-		defer cancel()
+	get := func(ctx context.Context) (int, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, infoRefs, nil)
 		if err != nil {
-			t.Fatal(err)
+			return 0, err
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -221,15 +216,98 @@ func TestGitServerDelaysOnDemand(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode, nil
 	}
-	srv.SetDelay(time.Hour)
-	if code, err := get(t, 200*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("delayed server answered %d, %v before the delay, want no answer", code, err)
+
+	// A delayed answer comes no sooner than the delay: a lower bound,
+	// which a loaded machine cannot break (an upper one it could).
+	const delay = time.Second
+	srv.SetDelay(delay)
+	start := time.Now()
+	if code, err := get(t.Context()); err != nil || code != http.StatusOK {
+		t.Fatalf("delayed server answered %d, %v, want 200", code, err)
 	}
+	if took := time.Since(start); took < delay {
+		t.Fatalf("delayed server answered after %s, before its delay of %s", took, delay)
+	}
+
+	// A client that gives up, once its request has reached the server,
+	// gets no answer; the server stops waiting when it goes away (else
+	// closing the server at the test's end would wait for the hour).
+	srv.SetDelay(time.Hour)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := get(ctx)
+		gaveUp <- err
+	}()
+	for deadline := time.Now().Add(time.Minute); srv.Requests() < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the request never reached the server")
+		}
+	}
+	cancel()
+	select {
+	case err := <-gaveUp:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("the client that gave up got %v, want no answer", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the client could not give up on the delayed server")
+	}
+
 	srv.SetDelay(0)
-	if code, err := get(t, 10*time.Second); err != nil || code != http.StatusOK {
+	if code, err := get(t.Context()); err != nil || code != http.StatusOK {
 		t.Fatalf("prompt server answered %d, %v, want 200", code, err)
 	}
-	if got := srv.Requests(); got != 2 {
-		t.Fatalf("Requests() = %d, want 2", got)
+	if got := srv.Requests(); got != 3 {
+		t.Fatalf("Requests() = %d, want 3", got)
 	}
+}
+
+func TestGitServerHoldsRequestsUntilReleased(t *testing.T) {
+	testenv.Require(t, "git")
+	srv := gittest.NewServer(t)
+	repo := srv.NewRepo(t, "app")
+	repo.Commit(t, "A", nil)
+	repo.Push(t, "main")
+	infoRefs := srv.URL("app") + "/info/refs?service=git-upload-pack"
+
+	// A request waits at the hold, unanswered, for as long as it is held;
+	// released, it is answered.
+	hold := srv.Hold(t)
+	answered := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(infoRefs)
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	select {
+	case <-hold.Reached():
+	case <-time.After(60 * time.Second):
+		t.Fatal("no request reached the hold")
+	}
+	select {
+	case code := <-answered:
+		t.Fatalf("a held request was answered %d", code)
+	default:
+	}
+	hold.Release()
+	select {
+	case code := <-answered:
+		if code != http.StatusOK {
+			t.Fatalf("released request answered %d, want 200", code)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the released request was never answered")
+	}
+	// Later requests are answered at once.
+	resp, err := http.Get(infoRefs)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("request after the release: %v %v, want 200", resp, err)
+	}
+	resp.Body.Close()
 }

@@ -59,6 +59,24 @@ func (g *Gate) Script() string {
 		`echo "waiting at the gate"; read _ < %[1]s; echo "through the gate"`, g.path)
 }
 
+// Path is the gate's named pipe, for a test program that waits at the
+// gate itself: it reads the pipe to its end, which comes when the gate
+// opens (and at once once it is open).
+func (g *Gate) Path() string { return g.path }
+
+// Program writes Script to an executable file beside the pipe and returns
+// its path: a command that waits at the gate, for a place that takes a
+// program rather than shell, such as a systemd unit's ExecStartPre (no
+// quoting, and it exits 0 once through).
+func (g *Gate) Program(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(g.dir, "wait-at-the-gate")
+	if err := os.WriteFile(path, []byte("#!/bin/sh\n"+g.Script()+"\n"), 0o755); err != nil {
+		t.Fatalf("write the gate's program: %v", err)
+	}
+	return path
+}
+
 // Open lets every build waiting at the gate through, and those that come to
 // it later. It may be called more than once.
 func (g *Gate) Open() error {

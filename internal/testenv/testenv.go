@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Require skips t unless every named part is available: "git", "nix",
@@ -91,17 +92,25 @@ func System(t testing.TB) string {
 }
 
 // Buffer is a bytes.Buffer that goroutines may write while a test reads it:
-// a log sink for code under test. The zero Buffer is ready to use.
+// a log sink for code under test. A test can wait on what is written with
+// Wait, woken by each write rather than by a timer. The zero Buffer is
+// ready to use.
 type Buffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	written chan struct{} // closed and replaced at each write; nil until a Wait
 }
 
 // Write implements io.Writer.
 func (b *Buffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.buf.Write(p)
+	n, err := b.buf.Write(p)
+	if b.written != nil {
+		close(b.written)
+		b.written = nil
+	}
+	return n, err
 }
 
 // String returns everything written so far.
@@ -109,4 +118,30 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Wait waits until cond holds for everything written so far, checking it
+// once now and again after each write, and says whether it held before
+// timeout passed. The timeout is a safety net for a test that would
+// otherwise hang: give it generously.
+func (b *Buffer) Wait(timeout time.Duration, cond func(written string) bool) bool {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		b.mu.Lock()
+		text := b.buf.String()
+		if b.written == nil {
+			b.written = make(chan struct{})
+		}
+		written := b.written
+		b.mu.Unlock()
+		if cond(text) {
+			return true
+		}
+		select {
+		case <-written:
+		case <-deadline.C:
+			return cond(b.String())
+		}
+	}
 }

@@ -1,7 +1,9 @@
 // Command healthsrv is the app of the builder's service tests. At start it
 // reads the file a profile points at (lines like "version=2", "healthy=yes",
-// "crash=yes", "delay=3"); it exits 1 at once if crash=yes, waits delay
-// seconds before it listens (a service slow to come up), and then serves
+// "crash=yes", "gate=/path/to/pipe"); it exits 1 at once if crash=yes,
+// waits at the gate before it listens if gate is set (a service slow to
+// come up for exactly as long as its test holds the gate: it reads the
+// named pipe to its end, see internal/testenv.Gate), and then serves
 // /health: 200 and "version=N" if healthy=yes, else 500.
 package main
 
@@ -9,9 +11,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -40,12 +42,12 @@ func run(profile, addr string) error {
 	if settings["crash"] == "yes" {
 		return errors.New("crashing at start, as this build says")
 	}
-	if d := settings["delay"]; d != "" {
-		secs, err := strconv.Atoi(d)
-		if err != nil || secs < 0 {
-			return fmt.Errorf("delay=%s: want whole seconds", d)
+	if gate := settings["gate"]; gate != "" {
+		fmt.Println("waiting at the gate")
+		if err := waitAtGate(gate); err != nil {
+			return err
 		}
-		time.Sleep(time.Duration(secs) * time.Second)
+		fmt.Println("through the gate")
 	}
 	version := settings["version"]
 	mux := http.NewServeMux()
@@ -59,4 +61,18 @@ func run(profile, addr string) error {
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	fmt.Printf("serving version %s on %s\n", version, addr)
 	return srv.ListenAndServe()
+}
+
+// waitAtGate reads the named pipe at path until its end: until the test
+// opens the gate.
+func waitAtGate(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("gate: %w", err)
+	}
+	defer f.Close()
+	if _, err := io.Copy(io.Discard, f); err != nil {
+		return fmt.Errorf("gate: %w", err)
+	}
+	return nil
 }
