@@ -265,10 +265,12 @@ func (a *app) delivery(before, after string) delivery {
 	return pushDelivery(a.t, a.kind, a.repoName, "main", before, after, id, a.secret)
 }
 
-// env is the configuration flakeship runs with.
+// env is the configuration flakeship runs with. A variable of extraEnv
+// replaces the one of the same name here: flakeship's config.Environ, like
+// getenv, takes the first of two, so the replaced one is left out.
 func (a *app) env() []string {
 	prefix := "FLAKESHIP_TARGET_APP_"
-	return append([]string{
+	base := []string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + a.stateDir,
 		"XDG_RUNTIME_DIR=" + os.Getenv("XDG_RUNTIME_DIR"),
@@ -289,7 +291,19 @@ func (a *app) env() []string {
 		prefix + "HEALTH_TIMEOUT=5s",
 		prefix + "WEBHOOK_SECRET=" + a.secret,
 		prefix + "TOKEN=" + a.token,
-	}, a.extraEnv...)
+	}
+	replaced := map[string]bool{}
+	for _, kv := range a.extraEnv {
+		k, _, _ := strings.Cut(kv, "=")
+		replaced[k] = true
+	}
+	env := make([]string, 0, len(base)+len(a.extraEnv))
+	for _, kv := range base {
+		if k, _, _ := strings.Cut(kv, "="); !replaced[k] {
+			env = append(env, kv)
+		}
+	}
+	return append(env, a.extraEnv...)
 }
 
 // flakeship is a running flakeship process.
