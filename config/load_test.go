@@ -505,6 +505,53 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 	}
 }
 
+// TestLoadAcceptsTheEndsOfEveryRange loads each documented bound of a
+// numeric or length setting: "from 1 to N" includes both, and an operator
+// who sets exactly the largest value the README gives must not be refused.
+// TestLoadRejectsEveryBadSetting has the values just outside.
+func TestLoadAcceptsTheEndsOfEveryRange(t *testing.T) {
+	longContext := strings.Repeat("✓", 255) // 255 characters, 765 bytes
+	tests := []struct {
+		name string
+		env  map[string]string
+		edit func(c *Config)
+	}{
+		{"listen on port 0", with("FLAKESHIP_LISTEN", "127.0.0.1:0"),
+			func(c *Config) { c.Listen, c.PublicURL = "127.0.0.1:0", "http://127.0.0.1:0" }},
+		{"listen on port 65535", with("FLAKESHIP_LISTEN", "127.0.0.1:65535"),
+			func(c *Config) { c.Listen, c.PublicURL = "127.0.0.1:65535", "http://127.0.0.1:65535" }},
+		{"max parallel 64", with("FLAKESHIP_MAX_PARALLEL", "64"), func(c *Config) { c.MaxParallel = 64 }},
+		{"body limit of 1 byte", with("FLAKESHIP_BODY_LIMIT", "1"), func(c *Config) { c.BodyLimit = 1 }},
+		{"body limit of 1 GiB", with("FLAKESHIP_BODY_LIMIT", "1073741824"), func(c *Config) { c.BodyLimit = 1 << 30 }},
+		{"keep a million deploys", with("FLAKESHIP_KEEP_DEPLOYS", "1000000"), func(c *Config) { c.KeepDeploys = 1_000_000 }},
+		{"keep for exactly 30 days", with("FLAKESHIP_KEEP_FOR", "30d"), func(c *Config) { c.KeepFor = 30 * 24 * time.Hour }},
+		{"keep for exactly 36500 days", with("FLAKESHIP_KEEP_FOR", "36500d"),
+			func(c *Config) { c.KeepFor = 36500 * 24 * time.Hour }},
+		{"keep for 876000h, the same century as a duration", with("FLAKESHIP_KEEP_FOR", "876000h"),
+			func(c *Config) { c.KeepFor = 36500 * 24 * time.Hour }},
+		{"deploy log limit of 1 byte", with("FLAKESHIP_DEPLOY_LOG_LIMIT", "1"), func(c *Config) { c.DeployLogLimit = 1 }},
+		{"deploy log limit of 1 TiB", with("FLAKESHIP_DEPLOY_LOG_LIMIT", "1099511627776"),
+			func(c *Config) { c.DeployLogLimit = 1 << 40 }},
+		{"status context of 255 characters", with("FLAKESHIP_TARGET_APP_STATUS_CONTEXT", longContext),
+			func(c *Config) { c.Targets[0].StatusContext = longContext }},
+		{"health timeout of 1ns", with("FLAKESHIP_TARGET_APP_HEALTH_TIMEOUT", "1ns"),
+			func(c *Config) { c.Targets[0].HealthTimeout = time.Nanosecond }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := testLoader().load(tc.env)
+			if err != nil {
+				t.Fatalf("load: %v", err)
+			}
+			want := minimalConfig()
+			tc.edit(want)
+			if d := diffConfig(got, want); d != "" || !reflect.DeepEqual(got, want) {
+				t.Errorf("config differs:%s", d)
+			}
+		})
+	}
+}
+
 func TestConfigTargetFindsByName(t *testing.T) {
 	c, err := testLoader().load(with())
 	if err != nil {
