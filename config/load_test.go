@@ -632,6 +632,12 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 			want: `FLAKESHIP_READ_TOKEN_FILE: open ` + missing + `: no such file or directory`},
 		{name: "read token with a tab", env: with("FLAKESHIP_READ_TOKEN", testRead+"\t"),
 			want: `FLAKESHIP_READ_TOKEN: the token contains a control character (not shown)`},
+		// A control character first: one in the first byte counts too (a
+		// header "Authorization: Bearer \r\n..." splits a request as well).
+		{name: "read token that starts with a carriage return", env: with("FLAKESHIP_READ_TOKEN", "\r\nX-Injected: 1"),
+			want: `FLAKESHIP_READ_TOKEN: the token contains a control character (not shown)`},
+		{name: "state dir that starts with a newline", env: with("FLAKESHIP_STATE_DIR", "\n/srv"),
+			want: `FLAKESHIP_STATE_DIR: want a directory path, got "\n/srv"`},
 		{name: "max parallel zero", env: with("FLAKESHIP_MAX_PARALLEL", "0"),
 			want: `FLAKESHIP_MAX_PARALLEL: want a whole number from 1 to 64, got "0"`},
 		{name: "max parallel too many", env: with("FLAKESHIP_MAX_PARALLEL", "65"),
