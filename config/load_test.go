@@ -652,6 +652,8 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 			want: `FLAKESHIP_NIX_FLAGS: unterminated single quote`},
 		{name: "nix flags with an open double quote", env: with("FLAKESHIP_NIX_FLAGS", `--option substituters "x`),
 			want: `FLAKESHIP_NIX_FLAGS: unterminated double quote`},
+		{name: "nix flags that end in a backslash inside double quotes", env: with("FLAKESHIP_NIX_FLAGS", `--option substituters "x\`),
+			want: `FLAKESHIP_NIX_FLAGS: unterminated double quote`},
 		{name: "nix flags ending in a backslash", env: with("FLAKESHIP_NIX_FLAGS", `--quiet \`),
 			want: `FLAKESHIP_NIX_FLAGS: ends with a lone backslash`},
 		{name: "nix flags with access tokens but no value", env: with("FLAKESHIP_NIX_FLAGS", "--quiet --option access-tokens"),
@@ -1176,6 +1178,7 @@ func TestSplitWords(t *testing.T) {
 		{in: "'a", wantErr: "unterminated single quote"},
 		{in: `"a`, wantErr: "unterminated double quote"},
 		{in: `"a\"`, wantErr: "unterminated double quote"},
+		{in: `"a\`, wantErr: "unterminated double quote"}, // the backslash is the last byte: nothing follows it to read
 		{in: `a'b"c`, wantErr: "unterminated single quote"},
 		{in: `a\`, wantErr: "ends with a lone backslash"},
 	}
