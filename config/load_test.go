@@ -937,6 +937,7 @@ func TestLoadReadsSecretFiles(t *testing.T) {
 		{name: "leading and inner blanks are content", content: " a b\n", want: " a b"},
 		{name: "empty file", content: "", wantErr: `file "FILE" is empty`},
 		{name: "file with only a newline", content: "\n", wantErr: `file "FILE" is empty`},
+		{name: "file of exactly the limit", content: strings.Repeat("x", maxSecretFile), want: Secret(strings.Repeat("x", maxSecretFile))},
 		{name: "file too big", content: strings.Repeat("x", maxSecretFile+1), wantErr: `file "FILE" is larger than 65536 bytes`},
 	}
 	for i, tc := range tests {
