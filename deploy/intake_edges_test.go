@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -160,11 +161,162 @@ func TestAPanicInAGroupCommitAnswersEverySubmitterWithAnError(t *testing.T) {
 	if len(all) != 2 {
 		t.Errorf("%d deploys stored, want 2: the commit that panicked stored nothing", len(all))
 	}
-	t.Logf("a commit of 2 pushes panicked: 1 leader re-panicked, 1 push refused with an error; the next push was stored")
+	if !t.Failed() {
+		t.Logf("a commit of 2 pushes panicked: 1 leader re-panicked, 1 push refused with an error; the next push was stored")
+	}
 }
 
 func (s *panickyStore) batchesSoFar() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.batches
+}
+
+// gatedStore is the real store whose Batch number hold (counting from 1)
+// waits until the test closes release.
+type gatedStore struct {
+	*store.Store
+	hold    int
+	release chan struct{}
+	mu      sync.Mutex
+	batches int
+}
+
+func (s *gatedStore) Batch(ctx context.Context, fn func(tx deploy.StoreTx) error) error {
+	s.mu.Lock()
+	s.batches++
+	n := s.batches
+	s.mu.Unlock()
+	if n == s.hold {
+		<-s.release
+	}
+	return s.Store.Batch(ctx, fn)
+}
+
+func (s *gatedStore) batchesSoFar() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.batches
+}
+
+// gatedFetcher holds every fetch until the test closes release.
+type gatedFetcher struct {
+	deploy.Fetcher
+	release chan struct{}
+}
+
+func (f gatedFetcher) Fetch(ctx context.Context, s builder.Spec, sha string, log io.Writer) (builder.Checkout, error) {
+	select {
+	case <-f.release:
+	case <-ctx.Done():
+		return builder.Checkout{}, ctx.Err()
+	}
+	return f.Fetcher.Fetch(ctx, s, sha, log)
+}
+
+// TestOneCommitSupersedesTheWaitingDeploysOfEveryTarget has a deploy
+// waiting on each of two targets (app behind its running deploy, api for a
+// free slot) when one group commit brings a newer push for each: both
+// waiting deploys must be stored superseded, not only the first, or a
+// restart would queue the other again.
+func TestOneCommitSupersedesTheWaitingDeploysOfEveryTarget(t *testing.T) {
+	state := t.TempDir()
+	cfg := &config.Config{StateDir: state, PublicURL: "https://deploy.example.test", MaxParallel: 1, Nix: "nix"}
+	for _, name := range []string{"app", "api"} {
+		cfg.Targets = append(cfg.Targets, config.Target{
+			Name: name, Forge: "github", Repo: "acme/" + name,
+			CloneURL: filepath.Join(state, "no-such-repo"), Branch: "main",
+			Attr: "packages.x86_64-linux.default", Activate: config.ActivateNone,
+			Profile: filepath.Join(state, "profiles", name), HealthTimeout: 5 * time.Second,
+			BuildTimeout: time.Minute, WebhookSecret: "hook-secret", StatusContext: "flakeship/" + name,
+		})
+	}
+	log := slog.New(slog.DiscardHandler)
+	ctx := context.Background()
+	sqlite, err := store.Open(ctx, filepath.Join(state, "flakeship.db"), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sqlite.Close() })
+	st := &gatedStore{Store: sqlite, hold: 4, release: make(chan struct{})}
+	fetches := gatedFetcher{Fetcher: builder.NewFetcher(log), release: make(chan struct{})}
+	nix := &builder.Nix{Binary: cfg.Nix}
+	q, err := deploy.New(deploy.Options{
+		Config: cfg, Store: st, Fetcher: fetches, Builder: nix,
+		Switcher: func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
+		Log:      log, PruneEvery: -1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		close(fetches.release)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := q.Shutdown(ctx); err != nil {
+			t.Errorf("queue shutdown: %v", err)
+		}
+	})
+	submit := func(target string, n int) *deploy.Deploy {
+		t.Helper()
+		ev := forge.PushEvent{Forge: forge.GitHub, DeliveryID: fmt.Sprintf("delivery-%d", n), Repo: "acme/" + target,
+			Branch: "main", SHA: fmt.Sprintf("%040x", n), Pusher: "octocat"}
+		d, _, err := q.SubmitPush(ctx, target, ev)
+		if err != nil {
+			t.Errorf("push %d to %s: %v", n, target, err) // not Fatal: some run in goroutines
+		}
+		return d
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("not within 30s: %s", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+
+	submit("app", 1)             // batch 1: runs, held in its fetch
+	appWaits := submit("app", 2) // batch 2: waits behind it
+	apiWaits := submit("api", 3) // batch 3: waits for the one slot
+	// Batch 4 (a redelivery) is held while a newer push for each target
+	// waits in the intake: batch 5 brings both.
+	go submit("app", 2)
+	waitFor("the redelivery's commit in Batch", func() bool { return st.batchesSoFar() == 4 })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for _, p := range []struct {
+			target string
+			n      int
+		}{{"app", 4}, {"api", 5}} {
+			wg.Add(1)
+			go func() { defer wg.Done(); submit(p.target, p.n) }()
+		}
+		wg.Wait()
+	}()
+	waitFor("two pushes in the intake", func() bool { return q.IntakeLen() == 2 })
+	close(st.release)
+	<-done
+	if n := st.batchesSoFar(); n != 5 {
+		t.Fatalf("%d group commits, want 5 (the two newer pushes in one)", n)
+	}
+	for _, old := range []*deploy.Deploy{appWaits, apiWaits} {
+		got, err := sqlite.Get(ctx, old.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != deploy.Superseded {
+			t.Errorf("stored deploy %d of %s: %s, want superseded", got.ID, got.Target, got.State)
+		}
+	}
+	if !t.Failed() {
+		t.Logf("one commit of 2 pushes superseded the waiting deploys %d (app) and %d (api) in the store", appWaits.ID, apiWaits.ID)
+	}
 }
