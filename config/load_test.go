@@ -505,6 +505,53 @@ func TestLoadAppliesDefaultsAndReadsEverySetting(t *testing.T) {
 	}
 }
 
+// TestLoadAcceptsTheEndsOfEveryRange loads each documented bound of a
+// numeric or length setting: "from 1 to N" includes both, and an operator
+// who sets exactly the largest value the README gives must not be refused.
+// TestLoadRejectsEveryBadSetting has the values just outside.
+func TestLoadAcceptsTheEndsOfEveryRange(t *testing.T) {
+	longContext := strings.Repeat("✓", 255) // 255 characters, 765 bytes
+	tests := []struct {
+		name string
+		env  map[string]string
+		edit func(c *Config)
+	}{
+		{"listen on port 0", with("FLAKESHIP_LISTEN", "127.0.0.1:0"),
+			func(c *Config) { c.Listen, c.PublicURL = "127.0.0.1:0", "http://127.0.0.1:0" }},
+		{"listen on port 65535", with("FLAKESHIP_LISTEN", "127.0.0.1:65535"),
+			func(c *Config) { c.Listen, c.PublicURL = "127.0.0.1:65535", "http://127.0.0.1:65535" }},
+		{"max parallel 64", with("FLAKESHIP_MAX_PARALLEL", "64"), func(c *Config) { c.MaxParallel = 64 }},
+		{"body limit of 1 byte", with("FLAKESHIP_BODY_LIMIT", "1"), func(c *Config) { c.BodyLimit = 1 }},
+		{"body limit of 1 GiB", with("FLAKESHIP_BODY_LIMIT", "1073741824"), func(c *Config) { c.BodyLimit = 1 << 30 }},
+		{"keep a million deploys", with("FLAKESHIP_KEEP_DEPLOYS", "1000000"), func(c *Config) { c.KeepDeploys = 1_000_000 }},
+		{"keep for exactly 30 days", with("FLAKESHIP_KEEP_FOR", "30d"), func(c *Config) { c.KeepFor = 30 * 24 * time.Hour }},
+		{"keep for exactly 36500 days", with("FLAKESHIP_KEEP_FOR", "36500d"),
+			func(c *Config) { c.KeepFor = 36500 * 24 * time.Hour }},
+		{"keep for 876000h, the same century as a duration", with("FLAKESHIP_KEEP_FOR", "876000h"),
+			func(c *Config) { c.KeepFor = 36500 * 24 * time.Hour }},
+		{"deploy log limit of 1 byte", with("FLAKESHIP_DEPLOY_LOG_LIMIT", "1"), func(c *Config) { c.DeployLogLimit = 1 }},
+		{"deploy log limit of 1 TiB", with("FLAKESHIP_DEPLOY_LOG_LIMIT", "1099511627776"),
+			func(c *Config) { c.DeployLogLimit = 1 << 40 }},
+		{"status context of 255 characters", with("FLAKESHIP_TARGET_APP_STATUS_CONTEXT", longContext),
+			func(c *Config) { c.Targets[0].StatusContext = longContext }},
+		{"health timeout of 1ns", with("FLAKESHIP_TARGET_APP_HEALTH_TIMEOUT", "1ns"),
+			func(c *Config) { c.Targets[0].HealthTimeout = time.Nanosecond }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := testLoader().load(tc.env)
+			if err != nil {
+				t.Fatalf("load: %v", err)
+			}
+			want := minimalConfig()
+			tc.edit(want)
+			if d := diffConfig(got, want); d != "" || !reflect.DeepEqual(got, want) {
+				t.Errorf("config differs:%s", d)
+			}
+		})
+	}
+}
+
 func TestConfigTargetFindsByName(t *testing.T) {
 	c, err := testLoader().load(with())
 	if err != nil {
@@ -585,6 +632,12 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 			want: `FLAKESHIP_READ_TOKEN_FILE: open ` + missing + `: no such file or directory`},
 		{name: "read token with a tab", env: with("FLAKESHIP_READ_TOKEN", testRead+"\t"),
 			want: `FLAKESHIP_READ_TOKEN: the token contains a control character (not shown)`},
+		// A control character first: one in the first byte counts too (a
+		// header "Authorization: Bearer \r\n..." splits a request as well).
+		{name: "read token that starts with a carriage return", env: with("FLAKESHIP_READ_TOKEN", "\r\nX-Injected: 1"),
+			want: `FLAKESHIP_READ_TOKEN: the token contains a control character (not shown)`},
+		{name: "state dir that starts with a newline", env: with("FLAKESHIP_STATE_DIR", "\n/srv"),
+			want: `FLAKESHIP_STATE_DIR: want a directory path, got "\n/srv"`},
 		{name: "max parallel zero", env: with("FLAKESHIP_MAX_PARALLEL", "0"),
 			want: `FLAKESHIP_MAX_PARALLEL: want a whole number from 1 to 64, got "0"`},
 		{name: "max parallel too many", env: with("FLAKESHIP_MAX_PARALLEL", "65"),
@@ -598,6 +651,8 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 		{name: "nix flags with an open single quote", env: with("FLAKESHIP_NIX_FLAGS", "--option substituters 'x"),
 			want: `FLAKESHIP_NIX_FLAGS: unterminated single quote`},
 		{name: "nix flags with an open double quote", env: with("FLAKESHIP_NIX_FLAGS", `--option substituters "x`),
+			want: `FLAKESHIP_NIX_FLAGS: unterminated double quote`},
+		{name: "nix flags that end in a backslash inside double quotes", env: with("FLAKESHIP_NIX_FLAGS", `--option substituters "x\`),
 			want: `FLAKESHIP_NIX_FLAGS: unterminated double quote`},
 		{name: "nix flags ending in a backslash", env: with("FLAKESHIP_NIX_FLAGS", `--quiet \`),
 			want: `FLAKESHIP_NIX_FLAGS: ends with a lone backslash`},
@@ -882,6 +937,7 @@ func TestLoadReadsSecretFiles(t *testing.T) {
 		{name: "leading and inner blanks are content", content: " a b\n", want: " a b"},
 		{name: "empty file", content: "", wantErr: `file "FILE" is empty`},
 		{name: "file with only a newline", content: "\n", wantErr: `file "FILE" is empty`},
+		{name: "file of exactly the limit", content: strings.Repeat("x", maxSecretFile), want: Secret(strings.Repeat("x", maxSecretFile))},
 		{name: "file too big", content: strings.Repeat("x", maxSecretFile+1), wantErr: `file "FILE" is larger than 65536 bytes`},
 	}
 	for i, tc := range tests {
@@ -1123,6 +1179,7 @@ func TestSplitWords(t *testing.T) {
 		{in: "'a", wantErr: "unterminated single quote"},
 		{in: `"a`, wantErr: "unterminated double quote"},
 		{in: `"a\"`, wantErr: "unterminated double quote"},
+		{in: `"a\`, wantErr: "unterminated double quote"}, // the backslash is the last byte: nothing follows it to read
 		{in: `a'b"c`, wantErr: "unterminated single quote"},
 		{in: `a\`, wantErr: "ends with a lone backslash"},
 	}

@@ -15,6 +15,9 @@ func TestValidators(t *testing.T) {
 		{"sha", ValidateSHA, "0123456789abcdef0123456789abcdef01234567", ""},
 		{"sha upper-case", ValidateSHA, "0123456789ABCDEF0123456789ABCDEF01234567", `want a 40-character lower-case hex commit id, got "0123456789ABCDEF0123456789ABCDEF01234567"`},
 		{"sha short", ValidateSHA, "abc1234", `want a 40-character lower-case hex commit id, got "abc1234"`},
+		// Errors quote up to 80 bytes of a value whole, and mark a cut with "...".
+		{"sha of 80 bytes quoted whole", ValidateSHA, strings.Repeat("z", 80), `want a 40-character lower-case hex commit id, got "` + strings.Repeat("z", 80) + `"`},
+		{"sha of 81 bytes quoted cut", ValidateSHA, strings.Repeat("z", 81), `want a 40-character lower-case hex commit id, got "` + strings.Repeat("z", 80) + `..."`},
 		{"sha all zero", ValidateSHA, strings.Repeat("0", 40), "the all-zero commit id names no commit"},
 
 		{"branch", ValidateBranch, "main", ""},
