@@ -78,6 +78,14 @@ func TestXForwardedForIsIgnoredUnlessThePeerIsATrustedProxy(t *testing.T) {
 				return r.do(apiRequest{method: http.MethodPost, path: "/api/deploys/4242/cancel", token: tok,
 					from: from, forwardedFor: forwardedFor}).status
 			}
+			const warning = "requests carry X-Forwarded-For, but no proxy is trusted"
+			// A request without the header gives no cause for the warning.
+			if got := cancel("127.0.0.4", "", testAdminToken); got != http.StatusNotFound {
+				t.Fatalf("a right token without X-Forwarded-For: %d, want 404", got)
+			}
+			if n := strings.Count(r.logs.String(), warning); n != 0 {
+				t.Errorf("the warning about an untrusted X-Forwarded-For was logged %d times before any request carried one", n)
+			}
 			// Each guess claims another client: the header is not believed,
 			// so they all count against the peer.
 			for i := 0; i < maxAuthFailures; i++ {
@@ -95,7 +103,7 @@ func TestXForwardedForIsIgnoredUnlessThePeerIsATrustedProxy(t *testing.T) {
 			if other != http.StatusNotFound {
 				t.Errorf("another peer's right token: %d, want 404", other)
 			}
-			warned := strings.Count(r.logs.String(), "requests carry X-Forwarded-For, but no proxy is trusted")
+			warned := strings.Count(r.logs.String(), warning)
 			if want := map[bool]int{true: 1, false: 0}[tc.trusted == nil]; warned != want {
 				t.Errorf("the warning about an untrusted X-Forwarded-For was logged %d times, want %d", warned, want)
 			}
