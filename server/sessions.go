@@ -470,10 +470,17 @@ func (s *Server) logout(c *fiber.Ctx) error {
 	return c.Redirect("/", http.StatusSeeOther)
 }
 
-// safeNext returns next if it is a path on this server, else "/".
+// safeNext returns next if it is a path on this server, else "/". A
+// control character anywhere refuses it: url.Parse checks only the part
+// before a "#", and a CR or LF in a Location header is an injected header.
 func safeNext(next string) string {
 	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
 		return "/"
+	}
+	for i := 0; i < len(next); i++ {
+		if c := next[i]; c < ' ' || c == 0x7f {
+			return "/"
+		}
 	}
 	u, err := url.Parse(next)
 	if err != nil || u.Host != "" || u.Scheme != "" {

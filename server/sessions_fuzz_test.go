@@ -43,6 +43,7 @@ func FuzzSafeNext(f *testing.F) {
 		" //evil.example", "https://evil.example/", "javascript:alert(1)", "/%2F%2Fevil.example",
 		"/x\r\nSet-Cookie: a=b", "\x00/x", "/x\x7f", "", "deploys/1", "/.//evil", "///evil.example",
 		"/\\/evil.example", "http:/evil.example", "/@evil.example",
+		"/#\r\nSet-Cookie: a=b", "/?x#\x1c",
 	} {
 		f.Add(s)
 	}
