@@ -718,6 +718,9 @@ func TestLoginSetsARandomSessionCookie(t *testing.T) {
 		{"the admin token", url.Values{"token": {pageAdminToken.Reveal()}, "next": {"/deploys/1"}}, "", 303, "/deploys/1", true},
 		{"the read token", url.Values{"token": {pageReadToken.Reveal()}}, "", 303, "/", true},
 		{"the admin token from this site", url.Values{"token": {pageAdminToken.Reveal()}}, r.url, 303, "/", true},
+		// Behind a proxy the browser's Origin is the public URL, not the
+		// address the request reached.
+		{"the admin token from the public URL", url.Values{"token": {pageAdminToken.Reveal()}}, "https://deploy.example.test", 303, "/", true},
 		{"a next that leaves the site", url.Values{"token": {pageAdminToken.Reveal()}, "next": {"//evil.example/x"}}, "", 303, "/", true},
 		{"a wrong token", url.Values{"token": {"admin-token-pages-5d1f"}}, "", 401, "", false},
 		{"a prefix of the token", url.Values{"token": {pageAdminToken.Reveal()[:10]}}, "", 401, "", false},
