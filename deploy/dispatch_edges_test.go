@@ -4,16 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/flakeship/flakeship/builder"
-	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
 	"github.com/flakeship/flakeship/forge"
-	"github.com/flakeship/flakeship/store"
+	"github.com/flakeship/flakeship/internal/queuetest"
 )
 
 // dispatchRecorder is a deploy.Observer that keeps the last count of
@@ -51,49 +47,16 @@ func (r *dispatchRecorder) state() (int, []string) {
 // of waiting deploys is final when it returns); once app's deploy ends, the
 // older waiting deploy (web's) starts first.
 func TestMaxParallelHoldsOtherTargetsAndTheOldestGoesNext(t *testing.T) {
-	state := t.TempDir()
-	cfg := &config.Config{StateDir: state, PublicURL: "https://deploy.example.test", MaxParallel: 1, Nix: "nix"}
-	// api sorts before web: map order or name order would start api first.
-	for _, name := range []string{"app", "api", "web"} {
-		cfg.Targets = append(cfg.Targets, config.Target{
-			Name: name, Forge: "github", Repo: "acme/" + name,
-			// Nothing to fetch: each deploy fails once its fetch is let go.
-			CloneURL: filepath.Join(state, "no-such-repo"), Branch: "main",
-			Attr: "packages.x86_64-linux.default", Activate: config.ActivateNone,
-			Profile: filepath.Join(state, "profiles", name), HealthTimeout: 5 * time.Second,
-			BuildTimeout: time.Minute, WebhookSecret: "hook-secret", StatusContext: "flakeship/" + name,
-		})
-	}
-	log := slog.New(slog.DiscardHandler)
 	ctx := context.Background()
-	sqlite, err := store.Open(ctx, filepath.Join(state, "flakeship.db"), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sqlite.Close() })
 	rec := &dispatchRecorder{}
-	fetches := gatedFetcher{Fetcher: builder.NewFetcher(log), release: make(chan struct{})}
-	nix := &builder.Nix{Binary: cfg.Nix}
-	q, err := deploy.New(deploy.Options{
-		Config: cfg, Store: sqlite, Fetcher: fetches, Builder: nix,
-		Switcher: func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
-		Log:      log, PruneEvery: -1, Observer: rec,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	release := make(chan struct{})
+	// api sorts before web: map order or name order would start api first.
+	_, q := queuetest.Start(t, edgeConfig(t, 1, "app", "api", "web"), slog.New(slog.DiscardHandler),
+		queuetest.Options{PruneEvery: -1, Fetcher: holdFetches(release), Observer: rec})
 	released := false
-	t.Cleanup(func() {
+	t.Cleanup(func() { // before the queue's shutdown
 		if !released {
-			close(fetches.release)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := q.Shutdown(ctx); err != nil {
-			t.Errorf("queue shutdown: %v", err)
+			close(release)
 		}
 	})
 	var ids []int64
@@ -110,23 +73,10 @@ func TestMaxParallelHoldsOtherTargetsAndTheOldestGoesNext(t *testing.T) {
 		}
 	}
 
-	close(fetches.release)
+	close(release)
 	released = true
 	for _, id := range ids {
-		waitFor := time.Now().Add(60 * time.Second)
-		for {
-			d, err := q.Get(ctx, id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d.State.Terminal() {
-				break
-			}
-			if time.Now().After(waitFor) {
-				t.Fatalf("deploy %d still %s after 60s", id, d.State)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		waitEnded(t, q, id)
 	}
 	_, order := rec.state()
 	if want := []string{"app", "web", "api"}; fmt.Sprint(order) != fmt.Sprint(want) {

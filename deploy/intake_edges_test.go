@@ -3,18 +3,14 @@ package deploy_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/flakeship/flakeship/builder"
-	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
 	"github.com/flakeship/flakeship/forge"
+	"github.com/flakeship/flakeship/internal/queuetest"
 	"github.com/flakeship/flakeship/store"
 )
 
@@ -48,43 +44,14 @@ func (s *panickyStore) Batch(ctx context.Context, fn func(tx deploy.StoreTx) err
 // other gets an error (never a nil deploy with no error, which the webhook
 // would answer as stored), and the intake goes on working.
 func TestAPanicInAGroupCommitAnswersEverySubmitterWithAnError(t *testing.T) {
-	state := t.TempDir()
-	cfg := &config.Config{StateDir: state, PublicURL: "https://deploy.example.test", MaxParallel: 1, Nix: "nix"}
-	cfg.Targets = []config.Target{{
-		Name: "app", Forge: "github", Repo: "acme/app",
-		// Nothing to fetch: the deploys that are stored fail at once,
-		// which is no concern of this test.
-		CloneURL: filepath.Join(state, "no-such-repo"), Branch: "main",
-		Attr: "packages.x86_64-linux.default", Activate: config.ActivateNone,
-		Profile: filepath.Join(state, "profiles", "app"), HealthTimeout: 5 * time.Second,
-		BuildTimeout: time.Minute, WebhookSecret: "hook-secret", StatusContext: "flakeship/app",
-	}}
-	log := slog.New(slog.DiscardHandler)
 	ctx := context.Background()
-	sqlite, err := store.Open(ctx, filepath.Join(state, "flakeship.db"), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sqlite.Close() })
-	st := &panickyStore{Store: sqlite, first: make(chan struct{})}
-	nix := &builder.Nix{Binary: cfg.Nix}
-	q, err := deploy.New(deploy.Options{
-		Config: cfg, Store: st, Fetcher: builder.NewFetcher(log), Builder: nix,
-		Switcher: func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
-		Log:      log, PruneEvery: -1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := q.Shutdown(ctx); err != nil {
-			t.Errorf("queue shutdown: %v", err)
-		}
+	var st *panickyStore
+	sqlite, q := queuetest.Start(t, edgeConfig(t, 1, "app"), slog.New(slog.DiscardHandler), queuetest.Options{
+		PruneEvery: -1,
+		Store: func(s *store.Store) deploy.Store {
+			st = &panickyStore{Store: s, first: make(chan struct{})}
+			return st
+		},
 	})
 
 	type answer struct {
@@ -104,21 +71,11 @@ func TestAPanicInAGroupCommitAnswersEverySubmitterWithAnError(t *testing.T) {
 	go func() { first <- submit(1) }()
 	// The first push leads a commit that waits in Batch; two more wait in
 	// the intake for it, to be committed together next.
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("not within 30s: %s", what)
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
 	waitIntake := func(n int) {
 		t.Helper()
-		waitFor(fmt.Sprintf("%d submissions in the intake", n), func() bool { return q.IntakeLen() == n })
+		waitCond(t, fmt.Sprintf("%d submissions in the intake", n), func() bool { return q.IntakeLen() == n })
 	}
-	waitFor("the first commit in Batch", func() bool { return st.batchesSoFar() == 1 })
+	waitCond(t, "the first commit in Batch", func() bool { return st.batchesSoFar() == 1 })
 	rest := make(chan answer, 2)
 	go func() { rest <- submit(2) }()
 	waitIntake(1)
@@ -199,67 +156,24 @@ func (s *gatedStore) batchesSoFar() int {
 	return s.batches
 }
 
-// gatedFetcher holds every fetch until the test closes release.
-type gatedFetcher struct {
-	deploy.Fetcher
-	release chan struct{}
-}
-
-func (f gatedFetcher) Fetch(ctx context.Context, s builder.Spec, sha string, log io.Writer) (builder.Checkout, error) {
-	select {
-	case <-f.release:
-	case <-ctx.Done():
-		return builder.Checkout{}, ctx.Err()
-	}
-	return f.Fetcher.Fetch(ctx, s, sha, log)
-}
-
 // TestOneCommitSupersedesTheWaitingDeploysOfEveryTarget has a deploy
 // waiting on each of two targets (app behind its running deploy, api for a
 // free slot) when one group commit brings a newer push for each: both
 // waiting deploys must be stored superseded, not only the first, or a
 // restart would queue the other again.
 func TestOneCommitSupersedesTheWaitingDeploysOfEveryTarget(t *testing.T) {
-	state := t.TempDir()
-	cfg := &config.Config{StateDir: state, PublicURL: "https://deploy.example.test", MaxParallel: 1, Nix: "nix"}
-	for _, name := range []string{"app", "api"} {
-		cfg.Targets = append(cfg.Targets, config.Target{
-			Name: name, Forge: "github", Repo: "acme/" + name,
-			CloneURL: filepath.Join(state, "no-such-repo"), Branch: "main",
-			Attr: "packages.x86_64-linux.default", Activate: config.ActivateNone,
-			Profile: filepath.Join(state, "profiles", name), HealthTimeout: 5 * time.Second,
-			BuildTimeout: time.Minute, WebhookSecret: "hook-secret", StatusContext: "flakeship/" + name,
-		})
-	}
-	log := slog.New(slog.DiscardHandler)
 	ctx := context.Background()
-	sqlite, err := store.Open(ctx, filepath.Join(state, "flakeship.db"), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sqlite.Close() })
-	st := &gatedStore{Store: sqlite, hold: 4, release: make(chan struct{})}
-	fetches := gatedFetcher{Fetcher: builder.NewFetcher(log), release: make(chan struct{})}
-	nix := &builder.Nix{Binary: cfg.Nix}
-	q, err := deploy.New(deploy.Options{
-		Config: cfg, Store: st, Fetcher: fetches, Builder: nix,
-		Switcher: func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
-		Log:      log, PruneEvery: -1,
+	var st *gatedStore
+	release := make(chan struct{})
+	sqlite, q := queuetest.Start(t, edgeConfig(t, 1, "app", "api"), slog.New(slog.DiscardHandler), queuetest.Options{
+		PruneEvery: -1,
+		Store: func(s *store.Store) deploy.Store {
+			st = &gatedStore{Store: s, hold: 4, release: make(chan struct{})}
+			return st
+		},
+		Fetcher: holdFetches(release),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		close(fetches.release)
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := q.Shutdown(ctx); err != nil {
-			t.Errorf("queue shutdown: %v", err)
-		}
-	})
+	t.Cleanup(func() { close(release) }) // before the queue's shutdown
 	submit := func(target string, n int) *deploy.Deploy {
 		t.Helper()
 		ev := forge.PushEvent{Forge: forge.GitHub, DeliveryID: fmt.Sprintf("delivery-%d", n), Repo: "acme/" + target,
@@ -270,16 +184,6 @@ func TestOneCommitSupersedesTheWaitingDeploysOfEveryTarget(t *testing.T) {
 		}
 		return d
 	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("not within 30s: %s", what)
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
 
 	submit("app", 1)             // batch 1: runs, held in its fetch
 	appWaits := submit("app", 2) // batch 2: waits behind it
@@ -287,7 +191,7 @@ func TestOneCommitSupersedesTheWaitingDeploysOfEveryTarget(t *testing.T) {
 	// Batch 4 (a redelivery) is held while a newer push for each target
 	// waits in the intake: batch 5 brings both.
 	go submit("app", 2)
-	waitFor("the redelivery's commit in Batch", func() bool { return st.batchesSoFar() == 4 })
+	waitCond(t, "the redelivery's commit in Batch", func() bool { return st.batchesSoFar() == 4 })
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -301,7 +205,7 @@ func TestOneCommitSupersedesTheWaitingDeploysOfEveryTarget(t *testing.T) {
 		}
 		wg.Wait()
 	}()
-	waitFor("two pushes in the intake", func() bool { return q.IntakeLen() == 2 })
+	waitCond(t, "two pushes in the intake", func() bool { return q.IntakeLen() == 2 })
 	close(st.release)
 	<-done
 	if n := st.batchesSoFar(); n != 5 {

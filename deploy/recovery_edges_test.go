@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
 	"github.com/flakeship/flakeship/forge"
 	"github.com/flakeship/flakeship/internal/queuetest"
@@ -23,22 +22,9 @@ import (
 // was a retry. Recovery happens within Start, so the records are final
 // when it returns.
 func TestStartSaysWhyAnInterruptedDeployIsNotRetried(t *testing.T) {
-	state := t.TempDir()
-	cfg := &config.Config{StateDir: state, PublicURL: "https://deploy.example.test", MaxParallel: 1, Nix: "nix"}
-	for _, name := range []string{"app", "api"} {
-		cfg.Targets = append(cfg.Targets, config.Target{
-			Name: name, Forge: "github", Repo: "acme/" + name,
-			// Nothing to fetch: the push that deploys after the recovery
-			// fails at once, which is no concern of this test.
-			CloneURL: filepath.Join(state, "no-such-repo"), Branch: "main",
-			Attr: "packages.x86_64-linux.default", Activate: config.ActivateNone,
-			Profile: filepath.Join(state, "profiles", name), HealthTimeout: 5 * time.Second,
-			BuildTimeout: time.Minute, WebhookSecret: "hook-secret", StatusContext: "flakeship/" + name,
-		})
-	}
-
+	cfg := edgeConfig(t, 1, "app", "api")
 	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(state, "flakeship.db"), nil)
+	st, err := store.Open(ctx, filepath.Join(cfg.StateDir, "flakeship.db"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

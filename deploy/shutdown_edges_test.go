@@ -5,16 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/flakeship/flakeship/builder"
-	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
 	"github.com/flakeship/flakeship/forge"
-	"github.com/flakeship/flakeship/store"
+	"github.com/flakeship/flakeship/internal/queuetest"
 )
 
 // TestShutdownAfterTheGraceStopsTheRunningDeployAndSkipsIdleTargets shuts
@@ -23,57 +20,23 @@ import (
 // the running deploy is cut short and left in its running state for the
 // retry on the next start, as after a crash, and its log says so.
 func TestShutdownAfterTheGraceStopsTheRunningDeployAndSkipsIdleTargets(t *testing.T) {
-	state := t.TempDir()
-	cfg := &config.Config{StateDir: state, PublicURL: "https://deploy.example.test", MaxParallel: 2, Nix: "nix"}
-	for _, name := range []string{"app", "web"} {
-		cfg.Targets = append(cfg.Targets, config.Target{
-			Name: name, Forge: "github", Repo: "acme/" + name,
-			CloneURL: filepath.Join(state, "no-such-repo"), Branch: "main",
-			Attr: "packages.x86_64-linux.default", Activate: config.ActivateNone,
-			Profile: filepath.Join(state, "profiles", name), HealthTimeout: 5 * time.Second,
-			BuildTimeout: time.Minute, WebhookSecret: "hook-secret", StatusContext: "flakeship/" + name,
-		})
-	}
-	log := slog.New(slog.DiscardHandler)
 	ctx := context.Background()
-	sqlite, err := store.Open(ctx, filepath.Join(state, "flakeship.db"), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sqlite.Close() })
-	// The fetch is never released: only the shutdown ends it.
-	fetches := gatedFetcher{Fetcher: builder.NewFetcher(log), release: make(chan struct{})}
-	nix := &builder.Nix{Binary: cfg.Nix}
-	q, err := deploy.New(deploy.Options{
-		Config: cfg, Store: sqlite, Fetcher: fetches, Builder: nix,
-		Switcher: func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
-		Log:      log, PruneEvery: -1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	// The fetch is never released: only the shutdown ends it. (The
+	// queue's own shutdown at the end of the test finds it shut down.)
+	sqlite, q := queuetest.Start(t, edgeConfig(t, 2, "app", "web"), slog.New(slog.DiscardHandler),
+		queuetest.Options{PruneEvery: -1, Fetcher: holdFetches(make(chan struct{}))})
 	d, _, err := q.SubmitPush(ctx, "app", forge.PushEvent{Forge: forge.GitHub, DeliveryID: "d-1", Repo: "acme/app",
 		Branch: "main", SHA: fmt.Sprintf("%040x", 1), Pusher: "octocat"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	waitCond(t, "the deploy held in its fetch", func() bool {
 		got, err := q.Get(ctx, d.ID)
-		if err != nil {
-			t.Fatal(err)
+		if err != nil || got.State.Terminal() {
+			t.Fatalf("deploy %d: %+v, %v; want it held in its fetch", d.ID, got, err)
 		}
-		if got.State == deploy.Fetching {
-			break
-		}
-		if got.State.Terminal() || time.Now().After(deadline) {
-			t.Fatalf("deploy %d is %s, want it held in its fetch", d.ID, got.State)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return got.State == deploy.Fetching
+	})
 
 	over, cancel := context.WithCancel(context.Background())
 	cancel() // the grace period is over before it began

@@ -30,6 +30,14 @@ type Options struct {
 	// PruneEvery is deploy.Options.PruneEvery: 0 prunes at the start and
 	// hourly, a negative value only when the test calls Prune.
 	PruneEvery time.Duration
+	// Store, if set, wraps the SQLite store the queue is given (to hold or
+	// fail a commit where the test says).
+	Store func(*store.Store) deploy.Store
+	// Fetcher, if set, wraps the real fetcher (to hold a fetch until the
+	// test lets it go).
+	Fetcher func(deploy.Fetcher) deploy.Fetcher
+	// Observer is deploy.Options.Observer.
+	Observer deploy.Observer
 }
 
 // Start opens the store at <cfg.StateDir>/flakeship.db and starts a queue
@@ -42,11 +50,19 @@ func Start(t testing.TB, cfg *config.Config, log *slog.Logger, o Options) (*stor
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	var queueStore deploy.Store = st
+	if o.Store != nil {
+		queueStore = o.Store(st)
+	}
+	var fetcher deploy.Fetcher = builder.NewFetcher(log)
+	if o.Fetcher != nil {
+		fetcher = o.Fetcher(fetcher)
+	}
 	nix := &builder.Nix{Binary: cfg.Nix, Flags: cfg.NixFlags}
 	q, err := deploy.New(deploy.Options{
-		Config: cfg, Store: st, Fetcher: builder.NewFetcher(log), Builder: nix,
+		Config: cfg, Store: queueStore, Fetcher: fetcher, Builder: nix,
 		Switcher:  func(s builder.Spec) (builder.Switcher, error) { return builder.NewSwitcher(s, nix, log) },
-		Notifiers: o.Notifiers, Log: log, Now: o.Now, PruneEvery: o.PruneEvery,
+		Notifiers: o.Notifiers, Log: log, Now: o.Now, PruneEvery: o.PruneEvery, Observer: o.Observer,
 	})
 	if err != nil {
 		t.Fatal(err)
