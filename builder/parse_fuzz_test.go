@@ -132,19 +132,27 @@ func FuzzParseHealthURL(f *testing.F) {
 			password, hadPassword = parsed.User.Password()
 		}
 		// A password that is also part of the rest of the URL cannot be
-		// told apart from it in what is shown.
+		// told apart from it in what is shown. Whether it is shown is
+		// asked with a marker in its place: a short password ("a") may
+		// well be a letter of the message or of the mask itself.
 		secret := password != "" && strings.Count(u, password) == 1
+		const marker = "Zq7pW9xK3mMarker"
+		var markedDisplay string
+		var markedErr error
+		if secret {
+			markedDisplay, markedErr = parseHealthURL(strings.Replace(u, password, marker, 1))
+		}
 		if err != nil {
 			if display != "" {
 				t.Errorf("parseHealthURL(%q) = %q with error %v, want no display with an error", u, display, err)
 			}
-			if secret && strings.Contains(err.Error(), password) {
-				t.Errorf("parseHealthURL(%q): error %q shows the password", u, err)
+			if secret && markedErr != nil && strings.Contains(markedErr.Error(), marker) {
+				t.Errorf("parseHealthURL(%q): error %q shows the password", u, markedErr)
 			}
 			return
 		}
-		if secret && strings.Contains(display, password) {
-			t.Errorf("parseHealthURL(%q) = %q, which shows the password", u, display)
+		if secret && strings.Contains(markedDisplay, marker) {
+			t.Errorf("parseHealthURL(%q) = %q, which shows the password", u, markedDisplay)
 		}
 		shown, err := url.Parse(display)
 		if err != nil {
