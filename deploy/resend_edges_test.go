@@ -79,4 +79,17 @@ func TestStartPostsOnlyTheStatusesStillOwed(t *testing.T) {
 	if len(got) != 1 || got[0].SHA != owed.SHA {
 		t.Errorf("statuses posted at start: %+v, want only deploy %d's (%s)", got, owed.ID, owed.SHA[:7])
 	}
+	// And it is recorded as posted: the next start does not post it again.
+	waitCond(t, "the owed status recorded as posted", func() bool {
+		left, err := st.Unposted(ctx, now.Add(-time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range left {
+			if d.ID == owed.ID {
+				return false
+			}
+		}
+		return true
+	})
 }
