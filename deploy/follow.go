@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 )
 
 // Following a deploy: WriteLog copies a deploy's log and, with follow,
@@ -69,15 +70,14 @@ func (q *Queue) WriteLog(ctx context.Context, id int64, w io.Writer, follow bool
 		return nil
 	}
 
-	// The deploy as the queue holds it while it waits or runs: its state
-	// is read from here, under q.mu, and is still right after the queue
-	// let go of it (nothing changes a deploy but under q.mu).
-	q.mu.Lock()
-	d := q.activeLocked(id)
-	q.mu.Unlock()
+	// The deploy as the scheduler holds it while it waits or runs: its
+	// state is read from here, under the scheduler's lock, and is still
+	// right after the scheduler let go of it (a change is applied to it,
+	// under that lock, only once stored).
+	d := q.sched.find(id)
 	if d == nil && !stored.State.Terminal() {
-		// It ended between the look in the store and the one in the
-		// queue (or the queue stopped): the store has how it ended.
+		// It ended (or started) between the two looks: the store has
+		// its latest state.
 		if stored, err = q.store.Get(ctx, id); err != nil {
 			return fmt.Errorf("log of deploy %d: %w", id, err)
 		}
@@ -85,18 +85,15 @@ func (q *Queue) WriteLog(ctx context.Context, id int64, w io.Writer, follow bool
 	state, told := stored.State, State("")
 	for {
 		var woken, grew <-chan struct{}
-		q.mu.Lock()
-		active := d != nil && q.activeLocked(id) == d
+		active := false
 		if d != nil {
-			state = d.State
-		}
-		if active {
-			woken = q.watchLocked(id)
-			if lf := q.live[id]; lf != nil {
-				grew = lf.grew()
+			// Watch first, then look: a change after the look wakes us.
+			woken, grew = q.streams.watch(id)
+			state, active = q.sched.state(d)
+			if !active {
+				q.streams.wake(id)
 			}
 		}
-		q.mu.Unlock()
 		if sw != nil && state != told {
 			if err := sw.WriteState(state); err != nil {
 				return fmt.Errorf("log of deploy %d: %w", id, err)
@@ -107,8 +104,6 @@ func (q *Queue) WriteLog(ctx context.Context, id int64, w io.Writer, follow bool
 			return err
 		}
 		if !follow || !active {
-			// A deploy that is not active any more has closed its log,
-			// so what was just copied is all of it.
 			return nil
 		}
 		select {
@@ -120,38 +115,54 @@ func (q *Queue) WriteLog(ctx context.Context, id int64, w io.Writer, follow bool
 	}
 }
 
-// activeLocked returns deploy id while it waits or runs, else nil; the
-// caller holds q.mu.
-func (q *Queue) activeLocked(id int64) *Deploy {
-	for _, tq := range q.targets {
-		if tq.pending != nil && tq.pending.ID == id {
-			return tq.pending
-		}
-		if tq.running != nil && tq.running.deploy.ID == id {
-			return tq.running.deploy
-		}
-	}
-	return nil
+// streams is what log followers wait on: per deploy a channel closed at its
+// next change, and the open logs of running deploys. It has a lock of its
+// own, taken after the scheduler's if both are.
+type streams struct {
+	mu       sync.Mutex
+	watchers map[int64]chan struct{}
+	live     map[int64]*logFile
 }
 
-// watchLocked returns a channel that is closed when deploy id next changes
-// state, opens its log, or is done with; the caller holds q.mu. Only a
-// follower of an active deploy asks, and wakeLocked drops the channel, so
-// the queue keeps at most one per active deploy.
-func (q *Queue) watchLocked(id int64) <-chan struct{} {
-	ch, ok := q.watch[id]
+func newStreams() *streams {
+	return &streams{watchers: map[int64]chan struct{}{}, live: map[int64]*logFile{}}
+}
+
+// watch returns a channel closed at deploy id's next change, and one closed
+// when its log grows (nil while it has no open log).
+func (s *streams) watch(id int64) (woken, grew <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch, ok := s.watchers[id]
 	if !ok {
 		ch = make(chan struct{})
-		q.watch[id] = ch
+		s.watchers[id] = ch
 	}
-	return ch
+	if lf := s.live[id]; lf != nil {
+		grew = lf.grew()
+	}
+	return ch, grew
 }
 
-// wakeLocked wakes the followers of deploy id; the caller holds q.mu (or is
-// Start, before anyone follows).
-func (q *Queue) wakeLocked(id int64) {
-	if ch, ok := q.watch[id]; ok {
+// wake tells deploy id's followers that it changed.
+func (s *streams) wake(id int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ch, ok := s.watchers[id]; ok {
 		close(ch)
-		delete(q.watch, id)
+		delete(s.watchers, id)
 	}
+}
+
+// open makes lf the open log of deploy id (nil: it has none any more) and
+// wakes its followers, who now wait for its log too.
+func (s *streams) open(id int64, lf *logFile) {
+	s.mu.Lock()
+	if lf == nil {
+		delete(s.live, id)
+	} else {
+		s.live[id] = lf
+	}
+	s.mu.Unlock()
+	s.wake(id)
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -356,16 +357,21 @@ func TestQueueSurvivesACommitThatPanics(t *testing.T) {
 	q, held, sha, running, build := busyHeldQueue(t)
 	ctx := context.Background()
 
-	// The leader's commit waits at the gate with another push behind it,
-	// then panics.
+	// The first push's commit waits at the gate with another push behind
+	// it, then panics.
 	held.hold()
 	held.mu.Lock()
 	held.panics = true
 	held.mu.Unlock()
-	leader := make(chan any, 1)
+	type outcome struct {
+		err      error
+		panicked any
+	}
+	leader := make(chan outcome, 1)
 	go func() {
-		defer func() { leader <- recover() }()
-		q.SubmitPush(ctx, "app", push(sha, "d-lead"))
+		var o outcome
+		defer func() { o.panicked = recover(); leader <- o }()
+		_, _, o.err = q.SubmitPush(ctx, "app", push(sha, "d-lead"))
 	}()
 	select {
 	case <-held.held:
@@ -380,8 +386,10 @@ func TestQueueSurvivesACommitThatPanics(t *testing.T) {
 	waitIntake(t, q, 1)
 	held.release()
 
-	if p := <-leader; p == nil {
-		t.Error("the leader's SubmitPush returned; want the store's panic")
+	// The committer recovers: the push of the commit that panicked gets
+	// an error, and the server is not ended by the panic.
+	if o := <-leader; o.panicked != nil || o.err == nil || !strings.Contains(o.err.Error(), "commit failed") {
+		t.Errorf("the push whose commit panicked: error %v, panic %v; want a commit failed error", o.err, o.panicked)
 	}
 	select {
 	case s := <-follower:

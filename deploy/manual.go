@@ -15,11 +15,10 @@ import (
 // of req.Ref, or the commit req.SHA. As for a push, the fetch refuses a
 // commit that is not on the target's branch.
 func (q *Queue) Deploy(ctx context.Context, target string, req ManualRequest) (*Deploy, error) {
-	tq, ok := q.targets[target]
+	t, ok := q.target(target)
 	if !ok {
 		return nil, fmt.Errorf("deploy: %w %q", ErrUnknownTarget, target)
 	}
-	t := tq.target
 	sha := req.SHA
 	switch {
 	case req.Ref != "" && req.SHA != "":
@@ -36,7 +35,7 @@ func (q *Queue) Deploy(ctx context.Context, target string, req ManualRequest) (*
 		if err := config.ValidateBranch(ref); err != nil {
 			return nil, fmt.Errorf("deploy %s: %w: ref: %v", target, ErrInvalid, err)
 		}
-		head, err := q.fetcher.ResolveBranch(ctx, SpecFor(t, q.cfg), ref)
+		head, err := q.tools.fetcher.ResolveBranch(ctx, SpecFor(t, q.cfg), ref)
 		if errors.Is(err, builder.ErrBranchNotFound) {
 			return nil, fmt.Errorf("deploy %s: %w: branch %q not found in the repository", target, ErrInvalid, ref)
 		}
@@ -61,7 +60,7 @@ func (q *Queue) Deploy(ctx context.Context, target string, req ManualRequest) (*
 // (no fetch, no build), then the unit restarts and is verified; if that
 // fails, the generation that was current is restored.
 func (q *Queue) Rollback(ctx context.Context, target string) (*Deploy, error) {
-	tq, ok := q.targets[target]
+	t, ok := q.target(target)
 	if !ok {
 		return nil, fmt.Errorf("rollback: %w %q", ErrUnknownTarget, target)
 	}
@@ -83,7 +82,6 @@ func (q *Queue) Rollback(ctx context.Context, target string) (*Deploy, error) {
 	if prev == nil {
 		return nil, fmt.Errorf("rollback %s: %w: no build before generation %d", target, ErrNothingToRollBack, cur.Generation)
 	}
-	t := tq.target
 	d := &Deploy{
 		Target: t.Name, Forge: forge.Kind(t.Forge), Repo: t.Repo, Branch: t.Branch, SHA: prev.SHA,
 		Trigger: TriggerRollback, State: Queued, CreatedAt: q.now().UTC(),
@@ -119,21 +117,22 @@ func (q *Queue) Targets(ctx context.Context) ([]TargetStatus, error) {
 			q.fillURL(last[0])
 			ts.LastDeploy = last[0]
 		}
-		q.mu.Lock()
-		tq := q.targets[t.Name]
-		if tq.running != nil {
-			ts.Running = q.snapshot(tq.running.deploy)
+		q.sched.mu.Lock()
+		sl := q.sched.slots[t.Name]
+		if sl.running != nil {
+			ts.Running = q.snapshot(sl.running.deploy)
 		}
-		if tq.pending != nil {
-			ts.Queued = q.snapshot(tq.pending)
+		if sl.pending != nil {
+			ts.Queued = q.snapshot(sl.pending)
 		}
-		q.mu.Unlock()
+		q.sched.mu.Unlock()
 		out = append(out, ts)
 	}
 	return out, nil
 }
 
-// snapshot copies a deploy the queue is working on; the caller holds q.mu.
+// snapshot copies a deploy the queue is working on; the caller holds the
+// scheduler's lock.
 func (q *Queue) snapshot(d *Deploy) *Deploy {
 	c := *d
 	c.Steps = append([]Step(nil), d.Steps...)

@@ -37,8 +37,11 @@ type TargetStatus struct {
 	Queued     *Deploy `json:"queued"`      // the deploy waiting for it, nil if none
 }
 
-// Observer is told about what the queue does, for metrics. Its methods are
-// called with the queue's lock held: they must be quick and not call back.
+// Observer is told about what the queue does, for metrics. Its methods must
+// be quick, safe for concurrent use, and not call back: Waiting is called
+// with the scheduler's lock held, Transition by the deploy's owner after the
+// change is stored (in order for each deploy, concurrently for different
+// ones).
 type Observer interface {
 	// Transition is called after d moved from state from to d.State and
 	// was recorded.
@@ -49,14 +52,15 @@ type Observer interface {
 }
 
 // IntakeObserver is what an Observer may also implement to be told of each
-// group commit of the intake (see Queue.commitIntake), for metrics. It is
+// group commit of the intake (see Queue.commitBatch), for metrics. It is
 // separate from Observer so that observers without it keep working; the
-// queue finds it by a type assertion on Options.Observer. It is called
-// with the queue's lock held: it must be quick and not call back.
+// queue finds it by a type assertion on Options.Observer. It is called on
+// the intake's committer, after each commit: it must be quick and not call
+// back.
 type IntakeObserver interface {
 	// IntakeCommit is called after a commit of n submissions (new
-	// deploys and redeliveries alike) that held the queue for took,
-	// whether the commit succeeded or not.
+	// deploys and redeliveries alike) that took took, whether the commit
+	// succeeded or not.
 	IntakeCommit(n int, took time.Duration)
 }
 

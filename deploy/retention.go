@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/flakeship/flakeship/config"
@@ -48,9 +49,7 @@ type PruneRule struct {
 // deploys, and logs what it removed. It returns how many deploys it
 // deleted. Start runs it, and then every hour until Shutdown.
 func (q *Queue) Prune(ctx context.Context) (int, error) {
-	q.pruneMu.Lock()
-	limit, after := q.pruneBatch, q.pruneHook
-	q.pruneMu.Unlock()
+	limit, after := q.pruner.batchSize()
 	keepFor := max(q.cfg.KeepFor, DeliveryWindow)
 	rule := PruneRule{Keep: max(q.cfg.KeepDeploys, 0), Before: q.now().Add(-keepFor), Limit: limit}
 	var (
@@ -102,18 +101,67 @@ func (q *Queue) removeLogs(ids []int64) {
 	}
 }
 
-// pruneLoop runs Prune now and then every every until ctx ends.
-func (q *Queue) pruneLoop(ctx context.Context, every time.Duration) {
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for {
-		if _, err := q.Prune(ctx); err != nil && ctx.Err() == nil {
-			q.log.Error("old deploys not pruned", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+// pruner prunes old deploys every so often, after a first time at Start.
+type pruner struct {
+	every time.Duration // <= 0: never
+	stopc context.CancelFunc
+	wg    sync.WaitGroup
+
+	// mu guards batch, the most deploys deleted in one store transaction,
+	// and hook, which tests set to see each batch.
+	mu    sync.Mutex
+	batch int
+	hook  func(ids []int64)
+}
+
+// newPruner makes the pruner of Options.PruneEvery.
+func newPruner(every time.Duration) *pruner {
+	if every == 0 {
+		every = pruneEvery
 	}
+	return &pruner{every: every, batch: pruneBatch}
+}
+
+func (p *pruner) batchSize() (int, func([]int64)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.batch, p.hook
+}
+
+// start prunes q now and then every p.every, until stop.
+func (p *pruner) start(q *Queue) {
+	if p.every <= 0 {
+		return
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	p.mu.Lock()
+	p.stopc = stop
+	p.mu.Unlock()
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		tick := time.NewTicker(p.every)
+		defer tick.Stop()
+		for {
+			if _, err := q.Prune(ctx); err != nil && ctx.Err() == nil {
+				q.log.Error("old deploys not pruned", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+}
+
+// stop ends the pruning and waits for a prune under way.
+func (p *pruner) stop() {
+	p.mu.Lock()
+	stop := p.stopc
+	p.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	p.wg.Wait()
 }

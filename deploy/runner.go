@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/flakeship/flakeship/builder"
@@ -27,90 +28,149 @@ func activationTimeout(t config.Target) time.Duration {
 	return 2*t.HealthTimeout + activationSlack
 }
 
-// execute walks d through fetch, build, activate and verify. ctx is
-// cancelled by Cancel or by the end of Shutdown's grace period, and only cuts
-// short the fetch and the build.
-func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
-	log := q.log.With("target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA))
-	// Store writes use their own context: a cancelled deploy must still be
+// job is one deploy being run: the deploy, its target, its log, and the
+// contexts that bound it. Only its runner changes the deploy.
+type job struct {
+	q    *Queue
+	d    *Deploy
+	t    config.Target
+	spec builder.Spec
+	lf   *logFile
+	log  *slog.Logger
+	// ctx is cancelled by Cancel or by the end of Shutdown's grace period;
+	// buildCtx also by BUILD_TIMEOUT. Both only cut short the fetch and
+	// the build. rec records the deploy: a cancelled deploy must still be
 	// recorded as such.
-	rec := context.Background()
+	ctx, buildCtx, rec context.Context
+}
 
-	lf, err := openLog(logPath(q.cfg.StateDir, d.ID), q.secrets, q.cfg.DeployLogLimit)
+// execute walks d through fetch, build, activate and verify (or, for a
+// rollback, activate and verify). ctx is cancelled by Cancel or by the end
+// of Shutdown's grace period, and only cuts short the fetch and the build.
+func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
+	j := &job{q: q, d: d, t: t, spec: SpecFor(t, q.cfg), ctx: ctx, rec: context.Background(),
+		log: q.log.With("target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA))}
+	lf, err := openLog(logPath(q.cfg.StateDir, d.ID), q.tools.secrets, q.cfg.DeployLogLimit)
 	if err != nil {
-		log.Error("deploy log unavailable", "err", err)
-		q.fail(rec, d, Failed, fmt.Sprintf("open deploy log: %v", err))
+		j.log.Error("deploy log unavailable", "err", err)
+		j.end(Failed, fmt.Sprintf("open deploy log: %v", err))
 		return
 	}
-	q.mu.Lock()
-	q.live[d.ID] = lf
-	q.wakeLocked(d.ID) // its followers now wait for its log too
-	q.mu.Unlock()
+	j.lf = lf
+	q.streams.open(d.ID, lf)
 	defer func() {
 		if err := lf.Close(); err != nil {
-			log.Error("deploy log incomplete", "err", err)
+			j.log.Error("deploy log incomplete", "err", err)
 		}
-		q.mu.Lock()
-		delete(q.live, d.ID)
-		q.mu.Unlock()
+		q.streams.open(d.ID, nil)
 	}()
 	lf.Printf("flakeship deploy %d of target %s: %s@%s (%s, branch %s)",
 		d.ID, d.Target, d.Repo, d.SHA, d.Trigger, d.Branch)
-
-	spec := SpecFor(t, q.cfg)
 	if d.Trigger == TriggerRollback {
-		q.executeRollback(spec, d, lf)
+		j.runRollback()
 		return
 	}
 	buildCtx, cancelBuild := context.WithTimeoutCause(ctx, t.BuildTimeout,
 		fmt.Errorf("BUILD_TIMEOUT of %s exceeded", t.BuildTimeout))
 	defer cancelBuild()
-	began := q.now()
+	j.buildCtx = buildCtx
+	j.run()
+}
 
-	// stopped ends the deploy if its fetch or build was cut short.
-	stopped := func(step string, err error) bool {
-		cause := context.Cause(buildCtx)
-		if cause != nil && step == "build" {
-			q.resetCache(t.Name)
+// run is the steps of a push, manual or retry deploy.
+func (j *job) run() {
+	began := j.q.now()
+	checkout, ok := j.fetch()
+	if !ok || !j.guard(checkout) {
+		return
+	}
+	sw, prev, hasPrev, outPath, ok := j.build(checkout)
+	if !ok {
+		return
+	}
+	// From here on the deploy changes what runs: only the activation
+	// deadline ends it, never a cancel or a shutdown.
+	actCtx, cancelAct := context.WithTimeout(context.Background(), activationTimeout(j.t))
+	defer cancelAct()
+	if !j.step(Activating) {
+		return
+	}
+	gen, err := sw.Switch(actCtx, outPath, j.lf)
+	if err != nil && gen.Number == 0 {
+		// Nothing was switched: the previous generation still runs.
+		j.lf.Printf("== activation failed: %v", err)
+		j.end(Failed, fmt.Sprintf("activate: %v", err))
+		return
+	}
+	j.q.sched.edit(func() { j.d.Generation = gen.Number })
+	if err == nil {
+		if !j.step(Verifying) {
+			return
 		}
-		switch {
-		case errors.Is(cause, errCancelled):
-			lf.Printf("== %s cancelled", step)
-			q.fail(rec, d, Cancelled, step+" cancelled by request")
-		case errors.Is(cause, errShutdown) || (cause != nil && errors.Is(context.Cause(ctx), context.Canceled)):
-			// The record stays in its running state, as after a crash:
-			// the next start marks it interrupted and retries it, the one
-			// way both kinds of stop are recovered. Its status stays
-			// pending for that retry.
-			lf.Printf("== %s interrupted: flakeship is stopping; the deploy is retried on the next start", step)
-			q.log.Warn("deploy left for a retry on the next start", "target", d.Target,
-				"deploy_id", d.ID, "sha", short(d.SHA), "state", d.State)
-		case cause != nil:
-			lf.Printf("== %s stopped: %v", step, cause)
-			q.fail(rec, d, Failed, fmt.Sprintf("%s: %v", step, cause))
-		default:
+		err = sw.Verify(actCtx, j.lf)
+	}
+	if err != nil {
+		j.rollback(actCtx, sw, prev, hasPrev, err)
+		return
+	}
+	elapsed := j.q.now().Sub(began).Round(time.Second)
+	j.lf.Printf("== deployed %s as generation %d in %s", short(j.d.SHA), gen.Number, elapsed)
+	j.end(Succeeded, "")
+	j.log.Info("deploy succeeded", "generation", gen.Number, "duration", j.q.now().Sub(began), "steps", stepTimes(j.d))
+}
+
+// stopped ends the deploy if its fetch or build was cut short, and says
+// whether it was.
+func (j *job) stopped(step string) bool {
+	cause := context.Cause(j.buildCtx)
+	if cause != nil && step == "build" {
+		j.q.resetCache(j.t.Name)
+	}
+	switch {
+	case errors.Is(cause, errCancelled):
+		j.lf.Printf("== %s cancelled", step)
+		j.end(Cancelled, step+" cancelled by request")
+	case errors.Is(cause, errShutdown) || (cause != nil && errors.Is(context.Cause(j.ctx), context.Canceled)):
+		// The record stays in its running state, as after a crash: the
+		// next start marks it interrupted and retries it, the one way
+		// both kinds of stop are recovered. Its status stays pending for
+		// that retry.
+		j.lf.Printf("== %s interrupted: flakeship is stopping; the deploy is retried on the next start", step)
+		j.q.log.Warn("deploy left for a retry on the next start", "target", j.d.Target,
+			"deploy_id", j.d.ID, "sha", short(j.d.SHA), "state", j.d.State)
+	case cause != nil:
+		j.lf.Printf("== %s stopped: %v", step, cause)
+		j.end(Failed, fmt.Sprintf("%s: %v", step, cause))
+	default:
+		return false
+	}
+	return true
+}
+
+// fetch fetches the deploy's commit.
+func (j *job) fetch() (builder.Checkout, bool) {
+	if !j.step(Fetching) {
+		return builder.Checkout{}, false
+	}
+	checkout, err := j.q.tools.fetcher.Fetch(j.buildCtx, j.spec, j.d.SHA, j.lf)
+	if err != nil {
+		if !j.stopped("fetch") {
+			j.lf.Printf("== fetch failed: %v", err)
+			j.end(Failed, fmt.Sprintf("fetch: %v", err))
+		}
+		return builder.Checkout{}, false
+	}
+	return checkout, true
+}
+
+// guard runs the replay guard (Queue.stale) and says whether the deploy
+// goes ahead.
+func (j *job) guard(checkout builder.Checkout) bool {
+	d := j.d
+	current, stale, err := j.q.stale(j.buildCtx, d, checkout, j.lf)
+	if err != nil {
+		if j.stopped("fetch") {
 			return false
-		}
-		return true
-	}
-
-	if !q.step(rec, d, Fetching, lf) {
-		return
-	}
-	checkout, err := q.fetcher.Fetch(buildCtx, spec, d.SHA, lf)
-	if err != nil {
-		if stopped("fetch", err) {
-			return
-		}
-		lf.Printf("== fetch failed: %v", err)
-		q.fail(rec, d, Failed, fmt.Sprintf("fetch: %v", err))
-		return
-	}
-
-	current, stale, err := q.stale(buildCtx, d, checkout, lf)
-	if err != nil {
-		if stopped("fetch", err) {
-			return
 		}
 		// The replay guard fails closed: a deploy it cannot clear does not
 		// go ahead, and is not retried (a failed deploy never is).
@@ -119,87 +179,56 @@ func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 			deployed = "deployed " + short(current.SHA)
 		}
 		msg := fmt.Sprintf("cannot tell whether %s is older than the %s: %v; not deploying it", short(d.SHA), deployed, err)
-		lf.Printf("== %s", msg)
-		log.Error("replay guard undecided: deploy refused", "err", err)
-		q.mu.Lock()
-		d.describeText = fmt.Sprintf("Not deployed: cannot tell whether %s is older than the %s", short(d.SHA), deployed)
-		q.mu.Unlock()
-		q.fail(rec, d, Failed, msg)
-		return
+		j.lf.Printf("== %s", msg)
+		j.log.Error("replay guard undecided: deploy refused", "err", err)
+		j.q.sched.edit(func() {
+			d.describeText = fmt.Sprintf("Not deployed: cannot tell whether %s is older than the %s", short(d.SHA), deployed)
+		})
+		j.end(Failed, msg)
+		return false
 	}
 	if stale {
-		q.mu.Lock()
-		d.describeSHA = current.SHA
-		q.mu.Unlock()
-		q.fail(rec, d, Superseded, fmt.Sprintf("%s is deployed already, and %s is not newer than it: not deployed again",
+		j.q.sched.edit(func() { d.describeSHA = current.SHA })
+		j.end(Superseded, fmt.Sprintf("%s is deployed already, and %s is not newer than it: not deployed again",
 			short(current.SHA), short(d.SHA)))
-		return
+		return false
 	}
+	return true
+}
 
-	if !q.step(rec, d, Building, lf) {
-		return
+// build builds the fetched commit. It returns the target's switcher and
+// what ran before the build (hasPrev: anything did), for the rollback.
+func (j *job) build(checkout builder.Checkout) (sw builder.Switcher, prev builder.Generation, hasPrev bool, outPath string, ok bool) {
+	if !j.step(Building) {
+		return nil, prev, false, "", false
 	}
 	// What runs now is read before the build: a build may set itself into
 	// the profile (builder.Nix.Build), and the rollback must go to what ran
 	// before it.
-	sw, err := q.switcher(spec)
+	sw, err := j.q.tools.switcher(j.spec)
 	if err != nil {
-		lf.Printf("== activation failed: %v", err)
-		q.fail(rec, d, Failed, fmt.Sprintf("activate: %v", err))
-		return
+		j.lf.Printf("== activation failed: %v", err)
+		j.end(Failed, fmt.Sprintf("activate: %v", err))
+		return nil, prev, false, "", false
 	}
-	prev, err := sw.Current(buildCtx)
-	hasPrev := err == nil
+	prev, err = sw.Current(j.buildCtx)
+	hasPrev = err == nil
 	if err != nil && !errors.Is(err, builder.ErrNoGeneration) {
-		lf.Printf("== activation failed: %v", err)
-		q.fail(rec, d, Failed, fmt.Sprintf("activate: read profile: %v", err))
-		return
+		j.lf.Printf("== activation failed: %v", err)
+		j.end(Failed, fmt.Sprintf("activate: read profile: %v", err))
+		return nil, prev, false, "", false
 	}
-	outPath, err := q.builder.Build(buildCtx, spec, checkout, lf)
+	outPath, err = j.q.tools.builder.Build(j.buildCtx, j.spec, checkout, j.lf)
 	if err != nil {
-		if stopped("build", err) {
-			return
+		if !j.stopped("build") {
+			j.lf.Printf("== build failed: %v", err)
+			j.end(Failed, fmt.Sprintf("build: %v", err))
 		}
-		lf.Printf("== build failed: %v", err)
-		q.fail(rec, d, Failed, fmt.Sprintf("build: %v", err))
-		return
+		return nil, prev, false, "", false
 	}
-	lf.Printf("== built %s", outPath)
-	q.mu.Lock()
-	d.OutPath = outPath
-	q.mu.Unlock()
-
-	// From here on the deploy changes what runs: only the activation
-	// deadline ends it, never a cancel or a shutdown.
-	actCtx, cancelAct := context.WithTimeout(context.Background(), activationTimeout(t))
-	defer cancelAct()
-	if !q.step(rec, d, Activating, lf) {
-		return
-	}
-	gen, err := sw.Switch(actCtx, outPath, lf)
-	if err != nil && gen.Number == 0 {
-		// Nothing was switched: the previous generation still runs.
-		lf.Printf("== activation failed: %v", err)
-		q.fail(rec, d, Failed, fmt.Sprintf("activate: %v", err))
-		return
-	}
-	q.mu.Lock()
-	d.Generation = gen.Number
-	q.mu.Unlock()
-	if err == nil {
-		if !q.step(rec, d, Verifying, lf) {
-			return
-		}
-		err = sw.Verify(actCtx, lf)
-	}
-	if err != nil {
-		q.rollback(actCtx, rec, d, sw, prev, hasPrev, err, lf)
-		return
-	}
-	elapsed := q.now().Sub(began).Round(time.Second)
-	lf.Printf("== deployed %s as generation %d in %s", short(d.SHA), gen.Number, elapsed)
-	q.fail(rec, d, Succeeded, "")
-	log.Info("deploy succeeded", "generation", gen.Number, "duration", q.now().Sub(began), "steps", stepTimes(d))
+	j.lf.Printf("== built %s", outPath)
+	j.q.sched.edit(func() { j.d.OutPath = outPath })
+	return sw, prev, hasPrev, outPath, true
 }
 
 // stale reports whether a push (or its retry) asks for nothing new: its
@@ -237,14 +266,14 @@ func (q *Queue) stale(ctx context.Context, d *Deploy, c builder.Checkout, lf *lo
 		lf.Printf("== %s was deployed already (deploy %d): not deploying it again", short(d.SHA), current.ID)
 		return current, true, nil
 	}
-	older, err := q.fetcher.IsAncestor(ctx, c, d.SHA, current.SHA)
+	older, err := q.tools.fetcher.IsAncestor(ctx, c, d.SHA, current.SHA)
 	if err != nil {
 		return current, false, err
 	}
 	if !older {
 		return nil, false, nil
 	}
-	onBranch, err := q.fetcher.IsAncestor(ctx, c, current.SHA, c.Head)
+	onBranch, err := q.tools.fetcher.IsAncestor(ctx, c, current.SHA, c.Head)
 	if err != nil {
 		return current, false, fmt.Errorf("is %s still on %s: %w", short(current.SHA), d.Branch, err)
 	}
@@ -258,99 +287,94 @@ func (q *Queue) stale(ctx context.Context, d *Deploy, c builder.Checkout, lf *lo
 	return current, true, nil
 }
 
-// rollback restores the generation that ran before d after d came up
-// unhealthy, and ends d rolled_back (or failed when there was nothing to roll
-// back to, or the rollback itself did not come up).
-func (q *Queue) rollback(ctx, rec context.Context, d *Deploy, sw builder.Switcher, prev builder.Generation, hasPrev bool, cause error, lf *logFile) {
+// rollback restores the generation that ran before the deploy after it
+// came up unhealthy, and ends it rolled_back (or failed when there was
+// nothing to roll back to, or the rollback itself did not come up).
+func (j *job) rollback(ctx context.Context, sw builder.Switcher, prev builder.Generation, hasPrev bool, cause error) {
+	lf, d := j.lf, j.d
 	lf.Printf("== unhealthy: %v", cause)
 	if !hasPrev {
 		lf.Printf("== no earlier generation to roll back to")
-		q.fail(rec, d, Failed, fmt.Sprintf("unhealthy: %v; no earlier generation to roll back to", cause))
+		j.end(Failed, fmt.Sprintf("unhealthy: %v; no earlier generation to roll back to", cause))
 		return
 	}
 	lf.Printf("== rolling back to generation %d (%s)", prev.Number, prev.OutPath)
 	if err := sw.Rollback(ctx, prev, lf); err != nil {
 		lf.Printf("== rollback to generation %d is unhealthy too: %v", prev.Number, err)
-		q.fail(rec, d, Failed, fmt.Sprintf("unhealthy: %v; rollback to generation %d failed: %v", cause, prev.Number, err))
+		j.end(Failed, fmt.Sprintf("unhealthy: %v; rollback to generation %d failed: %v", cause, prev.Number, err))
 		return
 	}
 	lf.Printf("== rolled back to generation %d", prev.Number)
-	last, err := q.store.LastSucceeded(rec, d.Target)
-	q.mu.Lock()
-	d.Generation = prev.Number
-	if err == nil && last.Generation == prev.Number {
-		d.describeSHA = last.SHA
-	}
-	q.mu.Unlock()
-	q.fail(rec, d, RolledBack, fmt.Sprintf("unhealthy: %v; rolled back to generation %d", cause, prev.Number))
+	last, err := j.q.store.LastSucceeded(j.rec, d.Target)
+	j.q.sched.edit(func() {
+		d.Generation = prev.Number
+		if err == nil && last.Generation == prev.Number {
+			d.describeSHA = last.SHA
+		}
+	})
+	j.end(RolledBack, fmt.Sprintf("unhealthy: %v; rolled back to generation %d", cause, prev.Number))
 }
 
-// executeRollback runs a rollback deploy: the generation it names becomes
+// runRollback runs a rollback deploy: the generation it names becomes
 // current again (activate), and must come up healthy (verify); otherwise the
 // generation that was current is restored.
-func (q *Queue) executeRollback(spec builder.Spec, d *Deploy, lf *logFile) {
-	rec := context.Background()
-	t, _ := q.cfg.Target(d.Target)
-	ctx, cancel := context.WithTimeout(context.Background(), activationTimeout(t))
+func (j *job) runRollback() {
+	lf, d := j.lf, j.d
+	ctx, cancel := context.WithTimeout(context.Background(), activationTimeout(j.t))
 	defer cancel()
 	to := builder.Generation{Number: d.Generation, OutPath: d.OutPath}
-	if !q.step(rec, d, Activating, lf) {
+	if !j.step(Activating) {
 		return
 	}
 	lf.Printf("== rolling back to generation %d (%s), deployed from %s", to.Number, to.OutPath, short(d.SHA))
-	sw, err := q.switcher(spec)
+	sw, err := j.q.tools.switcher(j.spec)
 	if err != nil {
 		lf.Printf("== activation failed: %v", err)
-		q.fail(rec, d, Failed, fmt.Sprintf("activate: %v", err))
+		j.end(Failed, fmt.Sprintf("activate: %v", err))
 		return
 	}
 	cur, err := sw.Current(ctx)
 	if err != nil {
 		lf.Printf("== activation failed: %v", err)
-		q.fail(rec, d, Failed, fmt.Sprintf("activate: read profile: %v", err))
+		j.end(Failed, fmt.Sprintf("activate: read profile: %v", err))
 		return
 	}
 	if cur.Number == to.Number {
 		lf.Printf("== generation %d is current already", to.Number)
-		q.fail(rec, d, Failed, fmt.Sprintf("activate: generation %d is current already", to.Number))
+		j.end(Failed, fmt.Sprintf("activate: generation %d is current already", to.Number))
 		return
 	}
 	if err := sw.SwitchTo(ctx, to, lf); err != nil {
-		q.rollback(ctx, rec, d, sw, cur, true, err, lf)
+		j.rollback(ctx, sw, cur, true, err)
 		return
 	}
-	if !q.step(rec, d, Verifying, lf) {
+	if !j.step(Verifying) {
 		return
 	}
 	if err := sw.Verify(ctx, lf); err != nil {
-		q.rollback(ctx, rec, d, sw, cur, true, err, lf)
+		j.rollback(ctx, sw, cur, true, err)
 		return
 	}
 	lf.Printf("== rolled back to generation %d (%s)", to.Number, short(d.SHA))
-	q.fail(rec, d, Succeeded, "")
+	j.end(Succeeded, "")
 }
 
-// step moves d into a running state and marks it in the log.
-func (q *Queue) step(ctx context.Context, d *Deploy, s State, lf *logFile) bool {
-	q.mu.Lock()
-	err := q.transition(ctx, d, s, true)
-	q.mu.Unlock()
-	if err != nil {
-		q.log.Error("deploy state not recorded", "deploy_id", d.ID, "state", s, "err", err)
-		lf.Printf("== flakeship could not record the deploy state: %v", err)
+// step moves the deploy into a running state and marks it in the log.
+func (j *job) step(s State) bool {
+	if err := j.q.move(j.rec, j.d, s, "", true); err != nil {
+		j.q.log.Error("deploy state not recorded", "deploy_id", j.d.ID, "state", s, "err", err)
+		j.lf.Printf("== flakeship could not record the deploy state: %v", err)
 		return false
 	}
-	lf.Printf("== %s", s.step())
+	j.lf.Printf("== %s", s.step())
 	return true
 }
 
-// fail ends d in the terminal state s with the one-line error msg.
-func (q *Queue) fail(ctx context.Context, d *Deploy, s State, msg string) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	d.Error = msg
-	if err := q.transition(ctx, d, s, true); err != nil {
-		q.log.Error("deploy end not recorded", "deploy_id", d.ID, "state", s, "err", err)
+// end ends the deploy in the terminal state s (succeeded included), with
+// the one-line error msg.
+func (j *job) end(s State, msg string) {
+	if err := j.q.move(j.rec, j.d, s, msg, true); err != nil {
+		j.q.log.Error("deploy end not recorded", "deploy_id", j.d.ID, "state", s, "err", err)
 	}
 }
 

@@ -4,8 +4,9 @@
 // collectors), served by Handler.
 //
 // A Metrics is the deploy queue's deploy.Observer (and IntakeObserver) and
-// the server's DeliveryObserver. The queue calls it with its lock held, so every method is
-// quick, never blocks on I/O and never calls back into deploy.
+// the server's DeliveryObserver. The queue calls it from several goroutines,
+// some holding its scheduler's lock, so every method is safe for concurrent
+// use, quick, never blocks on I/O and never calls back into deploy.
 package metrics
 
 import (
@@ -211,7 +212,7 @@ func (m *Metrics) Waiting(n int) {
 }
 
 // IntakeCommit implements deploy.IntakeObserver: one group commit stored n
-// submissions and held the queue for took.
+// submissions and took took.
 func (m *Metrics) IntakeCommit(n int, took time.Duration) {
 	m.commits.Observe(took.Seconds())
 	m.committed.Observe(float64(n))
