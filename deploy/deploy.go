@@ -56,14 +56,11 @@ type Deploy struct {
 	OutPath      string     `json:"out_path,omitempty"`
 	RetryOf      *int64     `json:"retry_of,omitempty"`
 
-	// describeSHA names the other commit in the status description of a
-	// superseded or rolled back deploy ("Superseded by def5678"); it is only
-	// needed at the moment of that transition and is not stored.
-	describeSHA string
-	// describeText, when set, is the status description of a failure
-	// whose reason the generic one ("Fetch failed: see log") would hide; it
-	// is not stored either.
-	describeText string
+	// statusText, when set, is the description of its final commit
+	// status where its state's own says too little (which commit
+	// superseded it, which one a rollback restored, why it was refused).
+	// It is not stored: a status posted again after a restart says less.
+	statusText string
 }
 
 // ErrNotFound is returned by a Store for an unknown deploy.

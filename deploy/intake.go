@@ -392,7 +392,7 @@ func (q *Queue) superseded(a, b *Deploy) (loser, next *Deploy, err error) {
 	}
 	by := winner.ID
 	next.SupersededBy = &by
-	next.describeSHA = winner.SHA
+	next.statusText = "Superseded by " + short(winner.SHA)
 	return loser, next, nil
 }
 

@@ -182,13 +182,13 @@ func (j *job) guard(checkout builder.Checkout) bool {
 		j.lf.Printf("== %s", msg)
 		j.log.Error("replay guard undecided: deploy refused", "err", err)
 		j.q.sched.edit(func() {
-			d.describeText = fmt.Sprintf("Not deployed: cannot tell whether %s is older than the %s", short(d.SHA), deployed)
+			d.statusText = fmt.Sprintf("Not deployed: cannot tell whether %s is older than the %s", short(d.SHA), deployed)
 		})
 		j.end(Failed, msg)
 		return false
 	}
 	if stale {
-		j.q.sched.edit(func() { d.describeSHA = current.SHA })
+		j.q.sched.edit(func() { d.statusText = "Superseded by " + short(current.SHA) })
 		j.end(Superseded, fmt.Sprintf("%s is deployed already, and %s is not newer than it: not deployed again",
 			short(current.SHA), short(d.SHA)))
 		return false
@@ -309,7 +309,7 @@ func (j *job) rollback(ctx context.Context, sw builder.Switcher, prev builder.Ge
 	j.q.sched.edit(func() {
 		d.Generation = prev.Number
 		if err == nil && last.Generation == prev.Number {
-			d.describeSHA = last.SHA
+			d.statusText = "Unhealthy, rolled back to " + short(last.SHA)
 		}
 	})
 	j.end(RolledBack, fmt.Sprintf("unhealthy: %v; rolled back to generation %d", cause, prev.Number))
@@ -387,60 +387,4 @@ func stepTimes(d *Deploy) map[string]string {
 		}
 	}
 	return out
-}
-
-// describe is the one-line description of d's commit status.
-func describe(d *Deploy) string {
-	sha := short(d.SHA)
-	switch d.State {
-	case Queued:
-		return "Queued for deploy"
-	case Fetching:
-		return "Fetching " + sha
-	case Building:
-		return "Building " + sha
-	case Activating:
-		return "Activating " + sha
-	case Verifying:
-		return "Checking health of " + sha
-	case Succeeded:
-		if d.Trigger == TriggerRollback {
-			return "Rolled back to " + sha
-		}
-		took := time.Duration(0)
-		if d.StartedAt != nil && d.FinishedAt != nil {
-			took = d.FinishedAt.Sub(*d.StartedAt).Round(time.Second)
-		}
-		return fmt.Sprintf("Deployed %s in %s", sha, took)
-	case Failed:
-		if d.describeText != "" {
-			return d.describeText
-		}
-		if len(d.Steps) > 0 {
-			switch d.Steps[len(d.Steps)-1].Name {
-			case "fetch":
-				return "Fetch failed: see log"
-			case "build":
-				return "Build failed: see log"
-			case "verify":
-				return "Unhealthy: see log"
-			}
-		}
-		return "Activation failed: see log"
-	case RolledBack:
-		if d.describeSHA != "" {
-			return "Unhealthy, rolled back to " + short(d.describeSHA)
-		}
-		return fmt.Sprintf("Unhealthy, rolled back to generation %d", d.Generation)
-	case Superseded:
-		if d.describeSHA != "" {
-			return "Superseded by " + short(d.describeSHA)
-		}
-		return "Superseded"
-	case Cancelled:
-		return "Cancelled"
-	case Interrupted:
-		return "Interrupted: flakeship stopped"
-	}
-	return string(d.State)
 }

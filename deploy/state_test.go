@@ -130,9 +130,11 @@ func TestDescribeSaysWhatHappened(t *testing.T) {
 		{Deploy{State: Succeeded, SHA: sha, StartedAt: &t0, FinishedAt: &t1}, "Deployed abc1234 in 41s"},
 		{Deploy{State: Failed, SHA: sha, Steps: []Step{{Name: "fetch"}, {Name: "build"}}}, "Build failed: see log"},
 		{Deploy{State: Failed, SHA: sha, Steps: []Step{{Name: "fetch"}}}, "Fetch failed: see log"},
-		{Deploy{State: RolledBack, SHA: sha, describeSHA: other}, "Unhealthy, rolled back to def5678"},
+		{Deploy{State: RolledBack, SHA: sha, statusText: "Unhealthy, rolled back to " + other[:7]}, "Unhealthy, rolled back to def5678"},
+		// A description set for the end is not shown before it.
+		{Deploy{State: Fetching, SHA: sha, statusText: "Superseded by def5678"}, "Fetching abc1234"},
 		{Deploy{State: RolledBack, SHA: sha, Generation: 3}, "Unhealthy, rolled back to generation 3"},
-		{Deploy{State: Superseded, SHA: sha, describeSHA: other}, "Superseded by def5678"},
+		{Deploy{State: Superseded, SHA: sha}, "Superseded"},
 		{Deploy{State: Interrupted, SHA: sha}, "Interrupted: flakeship stopped"},
 	} {
 		if got := describe(&tc.d); got != tc.want {

@@ -132,3 +132,53 @@ func (s *statuses) resend(ctx context.Context, fill func(*Deploy)) error {
 	}
 	return nil
 }
+
+// describe is the one-line description of d's commit status.
+func describe(d *Deploy) string {
+	if d.statusText != "" && d.State.Terminal() {
+		return d.statusText
+	}
+	sha := short(d.SHA)
+	switch d.State {
+	case Queued:
+		return "Queued for deploy"
+	case Fetching:
+		return "Fetching " + sha
+	case Building:
+		return "Building " + sha
+	case Activating:
+		return "Activating " + sha
+	case Verifying:
+		return "Checking health of " + sha
+	case Succeeded:
+		if d.Trigger == TriggerRollback {
+			return "Rolled back to " + sha
+		}
+		took := time.Duration(0)
+		if d.StartedAt != nil && d.FinishedAt != nil {
+			took = d.FinishedAt.Sub(*d.StartedAt).Round(time.Second)
+		}
+		return fmt.Sprintf("Deployed %s in %s", sha, took)
+	case Failed:
+		if len(d.Steps) > 0 {
+			switch d.Steps[len(d.Steps)-1].Name {
+			case "fetch":
+				return "Fetch failed: see log"
+			case "build":
+				return "Build failed: see log"
+			case "verify":
+				return "Unhealthy: see log"
+			}
+		}
+		return "Activation failed: see log"
+	case RolledBack:
+		return fmt.Sprintf("Unhealthy, rolled back to generation %d", d.Generation)
+	case Superseded:
+		return "Superseded"
+	case Cancelled:
+		return "Cancelled"
+	case Interrupted:
+		return "Interrupted: flakeship stopped"
+	}
+	return string(d.State)
+}
