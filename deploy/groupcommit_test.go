@@ -114,7 +114,8 @@ func (h *heldStore) release() {
 
 // releaseAll lets every Batch through, held at the gate or in its
 // transaction, now or later: a test that stops early must not leave the
-// queue's Shutdown waiting for a commit that holds the queue's lock.
+// queue's Shutdown waiting for a held commit (Shutdown waits for the
+// commit under way).
 func (h *heldStore) releaseAll() {
 	h.release()
 	h.mu.Lock()
@@ -201,8 +202,8 @@ func busyHeldQueue(t *testing.T) (q *deploy.Queue, held *heldStore, sha string, 
 	held = &heldStore{Store: r.store}
 	q = r.newQueueOn(held)
 	t.Cleanup(func() {
-		// Nothing held may outlast a test that stopped early: a held
-		// commit holds the queue's lock, which Shutdown needs.
+		// Nothing held may outlast a test that stopped early: Shutdown
+		// waits for the commit under way.
 		held.releaseAll()
 		r.gates.openAll()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -393,7 +394,7 @@ func TestQueueSurvivesACommitThatPanics(t *testing.T) {
 	}
 	select {
 	case s := <-follower:
-		// It waited in the intake and leads the next commit, or was in
+		// It waited in the intake and is in the next commit, or was in
 		// the broken one and gets an error: either way it is answered.
 		if s.err == nil && s.deploy == nil {
 			t.Errorf("the follower got neither a deploy nor an error")
@@ -432,7 +433,7 @@ func TestQueueAnswersNoPushBeforeItsCommit(t *testing.T) {
 	hold := held.holdInTx()
 	q := r.queueWith(held, builder.NewFetcher(slog.New(slog.DiscardHandler)), nil, -1, nil)
 	// Registered after the queue's shutdown, so it runs first: a test that
-	// stops early leaves no commit holding the queue's lock.
+	// stops early leaves no held commit for Shutdown to wait on.
 	t.Cleanup(hold.release)
 
 	// answered is one SubmitPush's answer, with the number of commits that
