@@ -547,41 +547,69 @@ func TestStatusSenderGivesUpAfterAnHourOfAForgeDown(t *testing.T) {
 		attempts, r.clock.Now().Sub(r.start).Round(time.Second))
 }
 
-// TestStatusSenderKeepsAStatusWhenStoppedMidWait stops the sender while a
-// refused status waits: run returns at once, and the status is still there
-// for the next run, which posts it.
-func TestStatusSenderKeepsAStatusWhenStoppedMidWait(t *testing.T) {
-	fake := forgetest.NewGitHub(t, "tok")
-	log := slog.New(slog.DiscardHandler)
-	n, err := notifier.NewGitHub(notifier.GitHubOptions{BaseURL: fake.URL(), Token: "tok", Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	clock := newSteppedTime()
-	ss := newStatusSender(n, log, clock.Now, nil)
-	ss.after = clock.After
-	fake.FailNext(1, http.StatusBadGateway)
-	ss.send(appStatus(knownSHA, forge.Success), 1, true)
+// TestStatusSenderKeepsAStatusWhenStopped stops the sender while a refused
+// status waits to be tried again, and while a post is under way: run
+// returns at once, and the status is still there for the next run, which
+// posts it.
+func TestStatusSenderKeepsAStatusWhenStopped(t *testing.T) {
+	for _, midPost := range []bool{false, true} {
+		t.Run(map[bool]string{false: "mid-wait", true: "mid-post"}[midPost], func(t *testing.T) {
+			fake := forgetest.NewGitHub(t, "tok")
+			log := slog.New(slog.DiscardHandler)
+			n, err := notifier.NewGitHub(notifier.GitHubOptions{BaseURL: fake.URL(), Token: "tok", Log: log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			clock := newSteppedTime()
+			held := &heldNotifier{posting: make(chan struct{}, 1)}
+			ss := newStatusSender(n, log, clock.Now, nil)
+			if midPost {
+				ss.n = held
+			}
+			ss.after = clock.After
+			if !midPost {
+				fake.FailNext(1, http.StatusBadGateway)
+			}
+			ss.send(appStatus(knownSHA, forge.Success), 1, true)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { ss.run(ctx); close(done) }()
-	clock.next(t) // refused, waiting
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(time.Minute):
-		t.Fatal("run did not return when its context ended")
-	}
-	if _, left := ss.state(); left != 1 {
-		t.Fatalf("%d statuses wait after the stop, want the refused one", left)
-	}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { ss.run(ctx); close(done) }()
+			if midPost {
+				<-held.posting
+			} else {
+				clock.next(t) // refused, waiting
+			}
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(time.Minute):
+				t.Fatal("run did not return when its context ended")
+			}
+			if _, left := ss.state(); left != 1 {
+				t.Fatalf("%d statuses wait after the stop, want the one not posted", left)
+			}
 
-	ctx, cancel = context.WithCancel(context.Background())
-	done = make(chan struct{})
-	go func() { ss.run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	fake.WaitFor(t, time.Minute, func(s []forgetest.Recorded) bool { return len(s) == 1 })
+			ss.n = n
+			ctx, cancel = context.WithCancel(context.Background())
+			done = make(chan struct{})
+			go func() { ss.run(ctx); close(done) }()
+			defer func() { cancel(); <-done }()
+			fake.WaitFor(t, time.Minute, func(s []forgetest.Recorded) bool {
+				return len(s) == 1 && s[0].SHA == knownSHA
+			})
+		})
+	}
+}
+
+// heldNotifier is a post that never ends before its context: a forge that
+// does not answer.
+type heldNotifier struct{ posting chan struct{} }
+
+func (h *heldNotifier) SetStatus(ctx context.Context, _ forge.Status) error {
+	h.posting <- struct{}{}
+	<-ctx.Done()
+	return ctx.Err()
 }
 
 // TestFlushCutsTheSendersOwnWaitShort refuses a status once and then lets
