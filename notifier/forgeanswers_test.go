@@ -3,7 +3,6 @@ package notifier
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net/http"
 	"testing"
 	"time"
@@ -44,9 +43,7 @@ func TestAStatusForACommitNotOnTheForgeFailsAtOnceSayingSo(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.forge, func(t *testing.T) {
 			fc := cases[tc.forge]
-			// Attempts enough to run for long if it were taken for a
-			// forge in trouble.
-			fake, n, logs := fc.setup(t, RetryPolicy{Attempts: 50, Initial: time.Millisecond, Max: 2 * time.Millisecond})
+			fake, n, logs := fc.setup(t)
 			fake.AddCommits(repo, sha)
 
 			s := testStatus()
@@ -56,14 +53,14 @@ func TestAStatusForACommitNotOnTheForgeFailsAtOnceSayingSo(t *testing.T) {
 				t.Fatalf("err = %v\nwant %s", err, tc.wantErr)
 			}
 			var apiErr *APIError
-			if !errors.Is(err, ErrUnknownCommit) || !errors.As(err, &apiErr) || apiErr.Temporary() {
+			if again, _ := Temporary(err); !errors.Is(err, ErrUnknownCommit) || !errors.As(err, &apiErr) || again {
 				t.Errorf("err = %#v, want one that matches ErrUnknownCommit and is not temporary", err)
 			}
 			if got := len(posts(fake.Requests())); got != 1 {
 				t.Errorf("posted %d times, want 1: a commit that is not there will not be there on a retry", got)
 			}
 			if got := len(logs.lines(t)); got != 1 {
-				t.Errorf("logged %d lines, want the one saying the status was not posted: %s", got, logs)
+				t.Errorf("logged %d lines, want the one debug line of the request: %s", got, logs)
 			}
 			t.Logf("%s: %d request(s) in all for a commit not on the forge: %v", tc.forge, len(fake.Requests()), err)
 
@@ -75,144 +72,80 @@ func TestAStatusForACommitNotOnTheForgeFailsAtOnceSayingSo(t *testing.T) {
 	}
 }
 
-func TestAForgejo500ForACommitThatIsThereIsStillRetried(t *testing.T) {
-	fake, n, _ := forgeCases()[1].setup(t, fast())
+func TestAForgejo500ForACommitThatIsThereIsTemporary(t *testing.T) {
+	fake, n, _ := forgeCases()[1].setup(t)
 	fake.AddCommits(repo, sha)
 	fake.FailNext(1, http.StatusInternalServerError)
+	err := n.SetStatus(context.Background(), testStatus())
+	if again, _ := Temporary(err); err == nil || !again || errors.Is(err, ErrUnknownCommit) {
+		t.Fatalf("SetStatus after a 500 for a commit the forge has: %v, want a temporary error", err)
+	}
 	if err := n.SetStatus(context.Background(), testStatus()); err != nil {
-		t.Fatalf("SetStatus after one 500: %v", err)
+		t.Fatalf("SetStatus after the 500: %v", err)
 	}
 	if got := len(posts(fake.Requests())); got != 2 {
 		t.Errorf("posted %d times, want 2 (the 500, then the status)", got)
 	}
 }
 
-// waitedFor returns the time between the refused post and the next one.
-func waitedFor(t *testing.T, fake *forgetest.Server) (refused int, waited time.Duration) {
+// refusedWait posts a status to fake, which must refuse it, and returns the
+// wait the refusal asks for, as Temporary reads it.
+func refusedWait(t *testing.T, fake *forgetest.Server, n Notifier) time.Duration {
 	t.Helper()
-	ps := posts(fake.Requests())
-	for i, p := range ps {
-		if p.RateLimited {
-			refused++
-			if i+1 < len(ps) {
-				waited = ps[i+1].Time.Sub(p.Time)
-			}
-		}
+	err := n.SetStatus(context.Background(), testStatus())
+	again, wait := Temporary(err)
+	if err == nil || !again {
+		t.Fatalf("SetStatus under a rate limit = %v, want a temporary error", err)
 	}
-	return refused, waited
+	if ps := posts(fake.Requests()); len(ps) != 1 || !ps[0].RateLimited || len(fake.Statuses()) != 0 {
+		t.Fatalf("posts %+v, want one, refused under the limit", ps)
+	}
+	return wait
 }
 
-func TestSetStatusWaitsUntilGitHubsPrimaryLimitResets(t *testing.T) {
-	for _, code := range []int{http.StatusForbidden, http.StatusTooManyRequests} {
-		t.Run(http.StatusText(code), func(t *testing.T) {
-			// Backoff of milliseconds: only the forge's reset can make the
-			// notifier wait long enough.
-			fake, n, logs := forgeCases()[0].setup(t, fast())
-			until := time.Now().Add(time.Second)
-			fake.RateLimit(forgetest.Limit{Code: code, Until: until})
-
-			if err := n.SetStatus(context.Background(), testStatus()); err != nil {
-				t.Fatalf("SetStatus: %v", err)
-			}
-			refused, waited := waitedFor(t, fake)
-			if refused != 1 || len(fake.Statuses()) != 1 {
-				t.Errorf("refused %d posts, recorded %d statuses; want 1 refusal, then the status after the reset (%s)",
-					refused, len(fake.Statuses()), logs)
-			}
-			reset := until.Truncate(time.Second).Add(time.Second) // x-ratelimit-reset, a whole second
-			refusedAt := posts(fake.Requests())[0].Time
-			t.Logf("primary limit (%d): 1 refusal %v before x-ratelimit-reset, next post %v after the refusal",
-				code, reset.Sub(refusedAt).Round(time.Millisecond), waited.Round(time.Millisecond))
-		})
+// TestSetStatusReadsTheWaitOfARateLimit posts under each rate limit the
+// fakes play: the error says to wait as long as the forge asked (its reset,
+// its retry-after, or GitHub's minute), and nothing is retried here. The
+// limits last long enough that a wait read from the wrong header could not
+// come out right by chance.
+func TestSetStatusReadsTheWaitOfARateLimit(t *testing.T) {
+	tests := []struct {
+		name     string
+		forge    int // index in forgeCases
+		limit    forgetest.Limit
+		min, max time.Duration // the wait asked for
+	}{
+		{name: "github primary limit (403) until its reset", limit: forgetest.Limit{Code: http.StatusForbidden},
+			min: 9*time.Minute + 58*time.Second, max: 10*time.Minute + time.Second},
+		{name: "github primary limit (429) until its reset", limit: forgetest.Limit{Code: http.StatusTooManyRequests},
+			min: 9*time.Minute + 58*time.Second, max: 10*time.Minute + time.Second},
+		{name: "github secondary limit, its retry-after", limit: forgetest.Limit{Secondary: true, Hint: forgetest.HintRetryAfter},
+			min: 9*time.Minute + 58*time.Second, max: 10*time.Minute + time.Second},
+		{name: "github secondary limit, until its reset", limit: forgetest.Limit{Secondary: true, Hint: forgetest.HintReset},
+			min: 9*time.Minute + 58*time.Second, max: 10*time.Minute + time.Second},
+		{name: "github secondary limit without a hint, a minute", limit: forgetest.Limit{Secondary: true, Hint: forgetest.HintNone},
+			min: time.Minute, max: time.Minute},
+		{name: "a proxy's 429 before forgejo, its Retry-After", forge: 1, limit: forgetest.Limit{},
+			min: 9*time.Minute + 58*time.Second, max: 10*time.Minute + time.Second},
 	}
-}
-
-func TestSetStatusWaitsOutGitHubsSecondaryLimit(t *testing.T) {
-	for _, hint := range []struct {
-		name string
-		hint forgetest.Hint
-	}{{"retry-after", forgetest.HintRetryAfter}, {"x-ratelimit-reset", forgetest.HintReset}} {
-		t.Run(hint.name, func(t *testing.T) {
-			fake, n, logs := forgeCases()[0].setup(t, fast())
-			fake.RateLimit(forgetest.Limit{Secondary: true, Hint: hint.hint, Until: time.Now().Add(time.Second)})
-			if err := n.SetStatus(context.Background(), testStatus()); err != nil {
-				t.Fatalf("SetStatus: %v", err)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fake, n, _ := forgeCases()[tc.forge].setup(t)
+			tc.limit.Until = time.Now().Add(10 * time.Minute)
+			fake.RateLimit(tc.limit)
+			wait := refusedWait(t, fake, n)
+			if wait < tc.min || wait > tc.max {
+				t.Errorf("wait = %v, want between %v and %v", wait, tc.min, tc.max)
 			}
-			refused, waited := waitedFor(t, fake)
-			if refused != 1 || len(fake.Statuses()) != 1 {
-				t.Errorf("refused %d posts, recorded %d statuses; want 1 refusal, then the status (%s)", refused, len(fake.Statuses()), logs)
-			}
-			t.Logf("secondary limit with %s: 1 refusal, next post %v later", hint.name, waited.Round(time.Millisecond))
+			t.Logf("%s: the refusal asks for a wait of %v", tc.name, wait.Round(time.Second))
 		})
 	}
 
-	// Neither header: GitHub's docs say to wait at least a minute. The
-	// test does not wait it out: it reads the wait the notifier announces,
-	// then cancels.
-	t.Run("no hint", func(t *testing.T) {
-		fake := forgetest.NewGitHub(t, testToken.Reveal())
-		fake.RateLimit(forgetest.Limit{Secondary: true, Hint: forgetest.HintNone, Until: time.Now().Add(time.Hour)})
-		records := make(chan slog.Record, 10)
-		n, err := NewGitHub(GitHubOptions{BaseURL: fake.URL(), Token: testToken, Retry: fast(),
-			Log: slog.New(chanHandler(records))})
-		if err != nil {
-			t.Fatal(err)
+	t.Run("a limit past an hour is waited an hour at most", func(t *testing.T) {
+		fake, n, _ := forgeCases()[0].setup(t)
+		fake.RateLimit(forgetest.Limit{Until: time.Now().Add(5 * time.Hour)})
+		if wait := refusedWait(t, fake, n); wait != time.Hour {
+			t.Errorf("wait = %v, want the one-hour cap", wait)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		done := make(chan error, 1)
-		go func() { done <- n.SetStatus(ctx, testStatus()) }()
-
-		var wait time.Duration
-		select {
-		case r := <-records:
-			r.Attrs(func(a slog.Attr) bool {
-				if a.Key == "retry_in" {
-					wait = a.Value.Duration()
-				}
-				return true
-			})
-		case <-time.After(30 * time.Second):
-			t.Fatal("no retry was announced")
-		}
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("SetStatus = %v, want it cancelled while waiting", err)
-		}
-		if wait < time.Minute {
-			t.Errorf("announced a wait of %v after a secondary limit without retry-after or reset; GitHub's docs ask for at least a minute", wait)
-		}
-		if got := len(posts(fake.Requests())); got != 1 {
-			t.Errorf("posted %d times, want 1 (no retry within the minute)", got)
-		}
-		t.Logf("secondary limit without a hint: the notifier waits %v", wait)
 	})
 }
-
-func TestSetStatusWaitsOutAProxyLimitInFrontOfForgejo(t *testing.T) {
-	fake, n, logs := forgeCases()[1].setup(t, fast())
-	fake.RateLimit(forgetest.Limit{Until: time.Now().Add(time.Second)})
-	if err := n.SetStatus(context.Background(), testStatus()); err != nil {
-		t.Fatalf("SetStatus: %v", err)
-	}
-	refused, waited := waitedFor(t, fake)
-	if refused != 1 || len(fake.Statuses()) != 1 {
-		t.Errorf("refused %d posts, recorded %d statuses; want 1 refusal (429, Retry-After), then the status (%s)", refused, len(fake.Statuses()), logs)
-	}
-	t.Logf("proxy 429 before Forgejo: 1 refusal, next post %v later", waited.Round(time.Millisecond))
-}
-
-// chanHandler is a slog.Handler that sends each record to a channel, so a
-// test can wait for a log line instead of polling for it.
-type chanHandler chan slog.Record
-
-func (h chanHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h chanHandler) Handle(_ context.Context, r slog.Record) error {
-	select {
-	case h <- r.Clone():
-	default: // the test reads only the first few
-	}
-	return nil
-}
-func (h chanHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
-func (h chanHandler) WithGroup(string) slog.Handler      { return h }

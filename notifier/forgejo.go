@@ -22,8 +22,7 @@ type ForgejoOptions struct {
 	BaseURL    string
 	Token      config.Secret // sent as "Authorization: token <token>"; required
 	HTTPClient *http.Client  // nil: a client with a 30s timeout per request
-	Log        *slog.Logger  // nil: no logging
-	Retry      RetryPolicy
+	Log        *slog.Logger  // nil: no logging; a debug line per request
 }
 
 // Forgejo posts commit statuses through the Gitea API that Forgejo and Gitea
@@ -53,11 +52,12 @@ func NewForgejo(opts ForgejoOptions) (*Forgejo, error) {
 	hc, log := defaults(opts.HTTPClient, opts.Log)
 
 	f := &Forgejo{root: base.String(), token: opts.Token, hc: hc}
-	f.poster = poster{forge: "forgejo", token: opts.Token, log: log, retry: opts.Retry, send: f.send}
+	f.poster = poster{forge: "forgejo", token: opts.Token, log: log, send: f.send}
 	return f, nil
 }
 
-// SetStatus posts s as a commit status, retrying transient failures.
+// SetStatus posts s as a commit status in one attempt; Temporary reads
+// its error.
 func (f *Forgejo) SetStatus(ctx context.Context, s forge.Status) error {
 	return f.post(ctx, s)
 }

@@ -31,8 +31,7 @@ type GitHubOptions struct {
 	BaseURL    string
 	Token      config.Secret // sent as "Authorization: Bearer <token>"; required
 	HTTPClient *http.Client  // nil: a client with a 30s timeout per request
-	Log        *slog.Logger  // nil: no logging
-	Retry      RetryPolicy
+	Log        *slog.Logger  // nil: no logging; a debug line per request
 }
 
 // GitHub posts commit statuses through GitHub's REST API
@@ -60,7 +59,7 @@ func NewGitHub(opts GitHubOptions) (*GitHub, error) {
 	hc, log := defaults(opts.HTTPClient, opts.Log)
 
 	g := &GitHub{base: base, token: opts.Token, hc: hc}
-	g.poster = poster{forge: "github", token: opts.Token, log: log, retry: opts.Retry, send: g.send}
+	g.poster = poster{forge: "github", token: opts.Token, log: log, send: g.send}
 	return g, nil
 }
 
@@ -68,8 +67,8 @@ func NewGitHub(opts GitHubOptions) (*GitHub, error) {
 // per attempt keeps go-github's memory of rate limits out of the way: after a
 // refusal it would answer later calls itself, with its own idea of how long
 // to wait (for a secondary limit, until the primary limit's reset, up to an
-// hour, where GitHub's docs say a minute), so the retry loop here is the one
-// place that decides.
+// hour, where GitHub's docs say a minute), so the forge's answer, read by
+// gitHubError, is what the caller's retry policy goes by.
 //
 // The base URL is set as is rather than through WithEnterpriseURLs, which
 // appends "api/v3/" to any host not named api.*: a configured root (or a
@@ -82,7 +81,8 @@ func (g *GitHub) client() *github.Client {
 	return client
 }
 
-// SetStatus posts s as a commit status, retrying transient failures.
+// SetStatus posts s as a commit status in one attempt; Temporary reads
+// its error.
 func (g *GitHub) SetStatus(ctx context.Context, s forge.Status) error {
 	return g.post(ctx, s)
 }

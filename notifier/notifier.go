@@ -1,13 +1,14 @@
 // Package notifier posts commit statuses to the forges: pending while a
 // deploy waits and runs, then its outcome, each linking to the deploy's page.
 // GitHub and Forgejo (Gitea is an alias) sit behind one interface; Nop stands
-// in for targets without a token. Transient failures are retried with
-// backoff (see RetryPolicy); tokens never reach an error or a log line.
+// in for targets without a token. A post is one attempt: its error says
+// whether and when to try again (see Temporary), and the caller (deploy's
+// status sender) keeps the one retry policy. Tokens never reach an error or
+// a log line.
 package notifier
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,8 +24,8 @@ import (
 
 // Notifier posts commit statuses.
 type Notifier interface {
-	// SetStatus posts s to the forge, retrying transient failures until the
-	// retry policy gives up or ctx ends. It is safe for concurrent use.
+	// SetStatus posts s to the forge in one attempt; Temporary reads its
+	// error. It is safe for concurrent use.
 	SetStatus(ctx context.Context, s forge.Status) error
 }
 
@@ -100,45 +101,51 @@ func (e *APIError) Temporary() bool {
 	return e.StatusCode == http.StatusTooManyRequests || e.StatusCode >= 500 || e.rateLimited
 }
 
-// poster is what GitHub and Forgejo share: validation, the retry loop and the
-// log lines around it. send makes one attempt.
+// poster is what GitHub and Forgejo share: validation, scrubbing and the
+// log line around an attempt. send makes the attempt.
 type poster struct {
 	forge string // "github" or "forgejo": the first word of every error
 	token config.Secret
 	log   *slog.Logger
-	retry RetryPolicy
 	send  func(ctx context.Context, s forge.Status) error
 }
 
-// post validates s, clips what the forges would refuse, and sends it.
+// post validates s, clips what the forges would refuse, and sends it once.
 func (p *poster) post(ctx context.Context, s forge.Status) error {
 	if err := config.ValidateRepo(s.Repo); err != nil {
-		return fmt.Errorf("%s status: repo: %w", p.forge, err)
+		return &invalidError{fmt.Errorf("%s status: repo: %w", p.forge, err)}
 	}
 	op := fmt.Sprintf("%s status for %s", p.forge, s.Repo)
 	if err := config.ValidateSHA(s.SHA); err != nil {
-		return fmt.Errorf("%s: sha: %w", op, err)
+		return &invalidError{fmt.Errorf("%s: sha: %w", op, err)}
 	}
 	op += "@" + short(s.SHA)
 	switch s.State {
 	case forge.Pending, forge.Success, forge.Failure, forge.Error:
 	default:
-		return fmt.Errorf("%s: unknown state %q", op, clip(string(s.State), 20))
+		return &invalidError{fmt.Errorf("%s: unknown state %q", op, clip(string(s.State), 20))}
 	}
 	s.Description = clipDescription(s.Description)
 	if !isHTTPURL(s.TargetURL) {
 		s.TargetURL = ""
 	}
 
-	log := p.log.With("forge", p.forge, "repo", s.Repo, "sha", short(s.SHA), "state", string(s.State))
-	err := p.retry.do(ctx, log, func(ctx context.Context) error {
-		return p.scrub(p.send(ctx, s))
-	})
+	start := time.Now()
+	err := p.scrub(p.send(ctx, s))
+	p.log.Debug("commit status request", "forge", p.forge, "repo", s.Repo, "sha", short(s.SHA),
+		"state", string(s.State), "duration", time.Since(start), "err", err)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil
 }
+
+// invalidError is a status refused before any request: a malformed repo,
+// sha or state. Posting it again cannot help.
+type invalidError struct{ err error }
+
+func (e *invalidError) Error() string { return e.err.Error() }
+func (e *invalidError) Unwrap() error { return e.err }
 
 // scrub makes sure no error text carries the token. The SDKs never put it in
 // one (it rides in a header), so this is a second line of defence: an error
@@ -161,21 +168,6 @@ func (p *poster) scrub(err error) error {
 type scrubbedError struct{ msg string }
 
 func (e *scrubbedError) Error() string { return e.msg }
-
-// temporary reports whether err may pass if tried again, and how long the
-// forge asked to wait first.
-func temporary(err error) (bool, time.Duration) {
-	var apiErr *APIError
-	if errors.As(err, &apiErr) {
-		return apiErr.Temporary(), apiErr.RetryAfter
-	}
-	var certErr *tls.CertificateVerificationError
-	if errors.As(err, &certErr) {
-		return false, 0 // a certificate does not fix itself in a minute
-	}
-	// Anything else came from the network: refused, reset, timed out, DNS.
-	return true, 0
-}
 
 // short is the 7-character display form of a commit id.
 func short(sha string) string {

@@ -28,16 +28,11 @@ const (
 	repo      = "owner/app"
 )
 
-// fast retries quickly so tests of the retry loop take milliseconds.
-func fast() RetryPolicy {
-	return RetryPolicy{Attempts: 6, Initial: time.Millisecond, Max: 4 * time.Millisecond}
-}
-
 // forgeCase is one forge as the shared tests see it.
 type forgeCase struct {
 	name string
 	fake func(t testing.TB, token string, opts ...forgetest.Option) *forgetest.Server
-	new  func(base string, tok config.Secret, log *slog.Logger, retry RetryPolicy) (Notifier, error)
+	new  func(base string, tok config.Secret, log *slog.Logger) (Notifier, error)
 	path string // path of the status post for repo@sha
 	auth string // Authorization header the forge documents for testToken
 }
@@ -47,8 +42,8 @@ func forgeCases() []forgeCase {
 		{
 			name: "github",
 			fake: forgetest.NewGitHub,
-			new: func(base string, tok config.Secret, log *slog.Logger, retry RetryPolicy) (Notifier, error) {
-				return NewGitHub(GitHubOptions{BaseURL: base, Token: tok, Log: log, Retry: retry})
+			new: func(base string, tok config.Secret, log *slog.Logger) (Notifier, error) {
+				return NewGitHub(GitHubOptions{BaseURL: base, Token: tok, Log: log})
 			},
 			path: "/repos/owner/app/statuses/" + sha,
 			auth: "Bearer " + testToken.Reveal(),
@@ -56,8 +51,8 @@ func forgeCases() []forgeCase {
 		{
 			name: "forgejo",
 			fake: forgetest.NewForgejo,
-			new: func(base string, tok config.Secret, log *slog.Logger, retry RetryPolicy) (Notifier, error) {
-				return NewForgejo(ForgejoOptions{BaseURL: base, Token: tok, Log: log, Retry: retry})
+			new: func(base string, tok config.Secret, log *slog.Logger) (Notifier, error) {
+				return NewForgejo(ForgejoOptions{BaseURL: base, Token: tok, Log: log})
 			},
 			path: "/api/v1/repos/owner/app/statuses/" + sha,
 			auth: "token " + testToken.Reveal(),
@@ -67,11 +62,11 @@ func forgeCases() []forgeCase {
 
 // setup starts the forge's fake and a notifier for it that logs into the
 // returned buffer.
-func (fc forgeCase) setup(t *testing.T, retry RetryPolicy) (*forgetest.Server, Notifier, *logBuffer) {
+func (fc forgeCase) setup(t *testing.T) (*forgetest.Server, Notifier, *logBuffer) {
 	t.Helper()
 	fake := fc.fake(t, testToken.Reveal())
 	logs := &logBuffer{}
-	n, err := fc.new(fake.URL(), testToken, logs.logger(), retry)
+	n, err := fc.new(fake.URL(), testToken, logs.logger())
 	if err != nil {
 		t.Fatalf("new %s notifier: %v", fc.name, err)
 	}
@@ -124,7 +119,7 @@ func statusPosts(reqs []forgetest.Request) int {
 func TestSetStatusSendsTheDocumentedRequest(t *testing.T) {
 	for _, fc := range forgeCases() {
 		t.Run(fc.name, func(t *testing.T) {
-			fake, n, _ := fc.setup(t, fast())
+			fake, n, _ := fc.setup(t)
 			if err := n.SetStatus(context.Background(), testStatus()); err != nil {
 				t.Fatalf("SetStatus: %v", err)
 			}
@@ -177,7 +172,7 @@ func TestSetStatusSendsTheDocumentedRequest(t *testing.T) {
 func TestSetStatusPostsEveryState(t *testing.T) {
 	for _, fc := range forgeCases() {
 		t.Run(fc.name, func(t *testing.T) {
-			fake, n, _ := fc.setup(t, fast())
+			fake, n, _ := fc.setup(t)
 			states := []forge.CommitState{forge.Pending, forge.Success, forge.Failure, forge.Error}
 			for _, st := range states {
 				s := testStatus()
@@ -197,53 +192,42 @@ func TestSetStatusPostsEveryState(t *testing.T) {
 	}
 }
 
-func TestSetStatusRetriesServerErrorsAndSucceeds(t *testing.T) {
+// TestSetStatusMakesOneAttemptAndSaysWhenToTryAgain: a notifier does not
+// retry (the status sender keeps the one retry policy); its error says
+// whether trying again may help, and the forge's wait.
+func TestSetStatusMakesOneAttemptAndSaysWhenToTryAgain(t *testing.T) {
 	for _, fc := range forgeCases() {
 		t.Run(fc.name, func(t *testing.T) {
-			fake, n, logs := fc.setup(t, fast())
-			fake.FailNext(2, http.StatusBadGateway)
-			if err := n.SetStatus(context.Background(), testStatus()); err != nil {
-				t.Fatalf("SetStatus: %v", err)
+			tests := []struct {
+				name    string
+				setup   func(*forgetest.Server)
+				wantErr string
+			}{
+				{name: "a 502", setup: func(s *forgetest.Server) { s.FailNext(2, http.StatusBadGateway) }, wantErr: "502 Bad Gateway"},
+				{name: "a 429", setup: func(s *forgetest.Server) { s.FailNext(2, http.StatusTooManyRequests) }, wantErr: "429 Too Many Requests"},
+				{name: "a forge that is down", setup: func(s *forgetest.Server) { s.SetDown(true) }, wantErr: "EOF"},
 			}
-			if got := statusPosts(fake.Requests()); got != 3 {
-				t.Errorf("made %d attempts, want 3", got)
-			}
-			if got := len(fake.Statuses()); got != 1 {
-				t.Errorf("recorded %d statuses, want 1", got)
-			}
-
-			lines := logs.lines(t)
-			if len(lines) != 2 {
-				t.Fatalf("logged %d lines, want one per failed attempt: %s", len(lines), logs)
-			}
-			for i, l := range lines {
-				want := map[string]any{
-					"level": "WARN", "msg": "commit status not posted", "forge": fc.name,
-					"repo": repo, "sha": "0123456", "state": "success", "attempt": float64(i + 1),
-				}
-				for k, v := range want {
-					if l[k] != v {
-						t.Errorf("line %d: %s = %v, want %v (%v)", i+1, k, l[k], v, l)
+			for _, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) {
+					fake, n, logs := fc.setup(t)
+					tc.setup(fake)
+					err := n.SetStatus(context.Background(), testStatus())
+					want := fc.name + " status for owner/app@0123456: "
+					if err == nil || !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), tc.wantErr) {
+						t.Fatalf("err = %v, want %q ... %q", err, want, tc.wantErr)
 					}
-				}
-				if e, _ := l["err"].(string); !strings.Contains(e, "502 Bad Gateway") {
-					t.Errorf("line %d: err = %q, want the status code", i+1, l["err"])
-				}
-			}
-		})
-	}
-}
-
-func TestSetStatusRetriesTooManyRequests(t *testing.T) {
-	for _, fc := range forgeCases() {
-		t.Run(fc.name, func(t *testing.T) {
-			fake, n, _ := fc.setup(t, fast())
-			fake.FailNext(1, http.StatusTooManyRequests)
-			if err := n.SetStatus(context.Background(), testStatus()); err != nil {
-				t.Fatalf("SetStatus: %v", err)
-			}
-			if got := statusPosts(fake.Requests()); got != 2 {
-				t.Errorf("made %d attempts, want 2", got)
+					if again, _ := Temporary(err); !again {
+						t.Errorf("Temporary(%v) = false, want true", err)
+					}
+					if got := len(fake.Requests()); got != 1 {
+						t.Errorf("made %d requests, want 1 (no retry)", got)
+					}
+					lines := logs.lines(t)
+					if len(lines) != 1 || lines[0]["level"] != "DEBUG" || lines[0]["msg"] != "commit status request" ||
+						!strings.Contains(fmt.Sprint(lines[0]["err"]), tc.wantErr) {
+						t.Errorf("logged %s, want one debug line with the error", logs)
+					}
+				})
 			}
 		})
 	}
@@ -271,7 +255,7 @@ func TestSetStatusDoesNotRetryClientErrors(t *testing.T) {
 					} else {
 						fake.FailNext(10, tc.code)
 					}
-					n, err := fc.new(fake.URL(), tok, nil, fast())
+					n, err := fc.new(fake.URL(), tok, nil)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -281,7 +265,7 @@ func TestSetStatusDoesNotRetryClientErrors(t *testing.T) {
 						t.Fatalf("err = %v, want it to start with %q", err, want)
 					}
 					var apiErr *APIError
-					if !errors.As(err, &apiErr) || apiErr.Temporary() {
+					if again, _ := Temporary(err); !errors.As(err, &apiErr) || again {
 						t.Errorf("err = %#v, want a final *APIError", err)
 					}
 					if got := statusPosts(fake.Requests()); got != 1 {
@@ -296,92 +280,9 @@ func TestSetStatusDoesNotRetryClientErrors(t *testing.T) {
 	}
 }
 
-func TestSetStatusGivesUpAfterItsAttempts(t *testing.T) {
-	for _, fc := range forgeCases() {
-		t.Run(fc.name, func(t *testing.T) {
-			retry := fast()
-			retry.Attempts = 3
-			fake, n, _ := fc.setup(t, retry)
-			fake.FailNext(100, http.StatusServiceUnavailable)
-			err := n.SetStatus(context.Background(), testStatus())
-			want := fc.name + " status for owner/app@0123456: 503 Service Unavailable"
-			if err == nil || !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), "gave up after 3 attempts") {
-				t.Fatalf("err = %v, want %q ... gave up after 3 attempts", err, want)
-			}
-			if got := statusPosts(fake.Requests()); got != 3 {
-				t.Errorf("made %d attempts, want 3", got)
-			}
-		})
-	}
-}
-
-func TestSetStatusStopsRetryingWhenContextEnds(t *testing.T) {
-	for _, fc := range forgeCases() {
-		t.Run(fc.name, func(t *testing.T) {
-			// Waits of an hour: only the cancellation can end SetStatus.
-			fake, n, _ := fc.setup(t, RetryPolicy{Attempts: 100, Initial: time.Hour, Max: time.Hour})
-			fake.FailNext(100, http.StatusBadGateway)
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			done := make(chan error, 1)
-			go func() { done <- n.SetStatus(ctx, testStatus()) }()
-
-			fake.WaitForRequests(t, 10*time.Second, func(r []forgetest.Request) bool { return len(r) >= 1 })
-			cancel()
-			select {
-			case err := <-done:
-				if !errors.Is(err, context.Canceled) {
-					t.Errorf("err = %v, want context.Canceled", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("SetStatus kept waiting after its context was cancelled")
-			}
-			if got := statusPosts(fake.Requests()); got != 1 {
-				t.Errorf("made %d attempts, want 1", got)
-			}
-		})
-	}
-}
-
-func TestSetStatusRidesOutAForgeThatIsDown(t *testing.T) {
-	for _, fc := range forgeCases() {
-		t.Run(fc.name, func(t *testing.T) {
-			retry := fast()
-			retry.Attempts = 3
-			fake, n, _ := fc.setup(t, retry)
-			fake.SetDown(true)
-			err := n.SetStatus(context.Background(), testStatus())
-			if err == nil || !strings.Contains(err.Error(), "gave up after 3 attempts") {
-				t.Fatalf("err = %v, want the post to give up after 3 attempts", err)
-			}
-
-			// Down for the first attempts, up again before the budget is spent.
-			fake2, n2, _ := fc.setup(t, RetryPolicy{Attempts: 1000, Initial: time.Millisecond, Max: 10 * time.Millisecond})
-			fake2.SetDown(true)
-			done := make(chan error, 1)
-			go func() { done <- n2.SetStatus(context.Background(), testStatus()) }()
-			fake2.WaitForRequests(t, 10*time.Second, func(r []forgetest.Request) bool { return len(r) >= 2 })
-			fake2.SetDown(false)
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatalf("SetStatus after the forge came back: %v", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("SetStatus did not finish after the forge came back")
-			}
-			if got := len(fake2.Statuses()); got != 1 {
-				t.Errorf("recorded %d statuses, want 1", got)
-			}
-		})
-	}
-}
-
 func TestTokenNeverAppearsInErrorsOrLogs(t *testing.T) {
 	for _, fc := range forgeCases() {
 		t.Run(fc.name, func(t *testing.T) {
-			retry := fast()
-			retry.Attempts = 2
 			scenarios := []struct {
 				name  string
 				token config.Secret
@@ -396,7 +297,7 @@ func TestTokenNeverAppearsInErrorsOrLogs(t *testing.T) {
 					fake := fc.fake(t, testToken.Reveal())
 					sc.setup(fake)
 					logs := &logBuffer{}
-					n, err := fc.new(fake.URL(), sc.token, logs.logger(), retry)
+					n, err := fc.new(fake.URL(), sc.token, logs.logger())
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -442,7 +343,7 @@ func TestScrubRemovesATokenAnErrorWouldShow(t *testing.T) {
 func TestDescriptionIsClippedToGitHubsLimit(t *testing.T) {
 	for _, fc := range forgeCases() {
 		t.Run(fc.name, func(t *testing.T) {
-			fake, n, _ := fc.setup(t, fast())
+			fake, n, _ := fc.setup(t)
 			s := testStatus()
 			s.Description = "Build failed:\n" + strings.Repeat("é", 300)
 			if err := n.SetStatus(context.Background(), s); err != nil {
@@ -488,7 +389,7 @@ func TestTargetURLIsSentOnlyIfHTTP(t *testing.T) {
 	}
 	for _, fc := range forgeCases() {
 		t.Run(fc.name, func(t *testing.T) {
-			fake, n, _ := fc.setup(t, fast())
+			fake, n, _ := fc.setup(t)
 			for i, tc := range tests {
 				t.Run(tc.name, func(t *testing.T) {
 					s := testStatus()
@@ -523,7 +424,7 @@ func TestInvalidStatusIsRejectedBeforeAnyRequest(t *testing.T) {
 	}
 	for _, fc := range forgeCases() {
 		t.Run(fc.name, func(t *testing.T) {
-			fake, n, _ := fc.setup(t, fast())
+			fake, n, _ := fc.setup(t)
 			for _, tc := range tests {
 				t.Run(tc.name, func(t *testing.T) {
 					s := testStatus()
@@ -544,7 +445,7 @@ func TestInvalidStatusIsRejectedBeforeAnyRequest(t *testing.T) {
 func TestGitHubEnterpriseBaseURLIsUsedAsIs(t *testing.T) {
 	fake := forgetest.NewGitHub(t, testToken.Reveal(), forgetest.WithPathPrefix("/api/v3"))
 	for _, base := range []string{fake.URL(), strings.TrimSuffix(fake.URL(), "/")} {
-		n, err := NewGitHub(GitHubOptions{BaseURL: base, Token: testToken, Retry: fast()})
+		n, err := NewGitHub(GitHubOptions{BaseURL: base, Token: testToken})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -577,7 +478,7 @@ func TestForgejoTakesTheInstanceOrTheAPIRoot(t *testing.T) {
 		fake := forgetest.NewForgejo(t, testToken.Reveal(), forgetest.WithPathPrefix(prefix))
 		root := fake.URL()
 		for _, base := range []string{root, strings.TrimSuffix(root, "/"), root + "api/v1/", root + "api/v1"} {
-			n, err := NewForgejo(ForgejoOptions{BaseURL: base, Token: testToken, Retry: fast()})
+			n, err := NewForgejo(ForgejoOptions{BaseURL: base, Token: testToken})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -646,7 +547,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 func TestSetStatusIsSafeForConcurrentUse(t *testing.T) {
 	for _, fc := range forgeCases() {
 		t.Run(fc.name, func(t *testing.T) {
-			fake, n, _ := fc.setup(t, RetryPolicy{Attempts: 20, Initial: time.Millisecond, Max: 4 * time.Millisecond})
+			fake, n, _ := fc.setup(t)
 			fake.FailNext(5, http.StatusBadGateway)
 			const posts = 16
 			errs := make(chan error, posts)
@@ -657,7 +558,16 @@ func TestSetStatusIsSafeForConcurrentUse(t *testing.T) {
 					defer wg.Done()
 					s := testStatus()
 					s.Context = fmt.Sprintf("flakeship/t%d", i)
-					errs <- n.SetStatus(context.Background(), s)
+					// Five posts in all are refused: a post tries again
+					// while its error says so, as a caller would.
+					for range 10 {
+						err := n.SetStatus(context.Background(), s)
+						if again, _ := Temporary(err); err == nil || !again {
+							errs <- err
+							return
+						}
+					}
+					errs <- errors.New("still refused after 10 tries")
 				}()
 			}
 			wg.Wait()

@@ -1,124 +1,48 @@
 package notifier
 
 import (
-	"context"
+	"crypto/tls"
 	"errors"
-	"fmt"
-	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// The zero RetryPolicy's values.
-const (
-	defaultAttempts = 6
-	defaultInitial  = 500 * time.Millisecond
-	defaultMax      = 30 * time.Second
-)
-
 // maxForgeWait is the longest wait a forge may ask for (Retry-After, a rate
-// limit's reset) that the notifier keeps to: GitHub's primary rate limit is
+// limit's reset) that Temporary passes on: GitHub's primary rate limit is
 // counted by the hour, so its reset is never further away. A longer ask is
 // cut to this; the post is then refused again and waits again.
 const maxForgeWait = time.Hour
 
-// RetryPolicy says how often and how patiently a status post is retried after
-// a network error, a 5xx, a 429 or a rate limit. Waits double from Initial up
-// to Max, each with jitter (between half and all of it), and are never
-// shorter than what the forge asked for (Retry-After, a rate limit's reset),
-// up to an hour: retrying sooner is refused again, and GitHub may ban an
-// integration that keeps asking while limited. A zero field takes its
-// default: 6 attempts, 500ms, 30s, about a minute in all when the forge
-// asks for nothing.
-type RetryPolicy struct {
-	Attempts int           // tries in all, the first included; 1 means no retry
-	Initial  time.Duration // wait after the first failure
-	Max      time.Duration // longest backoff wait; a forge's ask may be longer
-}
-
-// withDefaults fills in the zero fields.
-func (p RetryPolicy) withDefaults() RetryPolicy {
-	if p.Attempts <= 0 {
-		p.Attempts = defaultAttempts
+// Temporary reads the error of a SetStatus: whether posting again later may
+// succeed, and how long the forge asked to wait first (0 if it did not say;
+// at most an hour). Trying again sooner than the forge asked is refused
+// again, and GitHub may ban an integration that keeps asking while limited.
+//
+// Temporary: the network (refused, reset, timed out, DNS), a 5xx, a 429, and
+// GitHub's rate-limit 403s. Final: any other refusal (a wrong token, no
+// permission, an unknown repository, a commit not on the forge, a status
+// the forge finds invalid), an untrusted certificate, and a status that
+// failed validation before any request.
+//
+// The notifier makes one attempt per SetStatus; when and how often to try
+// again is the caller's to decide.
+func Temporary(err error) (again bool, wait time.Duration) {
+	var apiErr *APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Temporary(), apiErr.RetryAfter
 	}
-	if p.Initial <= 0 {
-		p.Initial = defaultInitial
+	var invalid *invalidError
+	if errors.As(err, &invalid) {
+		return false, 0 // the same status is invalid on every try
 	}
-	if p.Max <= 0 {
-		p.Max = defaultMax
+	var certErr *tls.CertificateVerificationError
+	if errors.As(err, &certErr) {
+		return false, 0 // a certificate does not fix itself in a minute
 	}
-	if p.Max < p.Initial {
-		p.Max = p.Initial
-	}
-	return p
-}
-
-// wait is how long to sleep after failed attempt n (from 1), given how long
-// the forge asked to wait (0 if it did not say).
-func (p RetryPolicy) wait(n int, forgeWait time.Duration) time.Duration {
-	d := p.Initial
-	for i := 1; i < n && d < p.Max; i++ {
-		d *= 2
-	}
-	d = min(d, p.Max)
-	d = d/2 + rand.N(d/2+1) // jitter keeps many retries from arriving together
-	if forgeWait > d {
-		d = min(forgeWait, maxForgeWait)
-	}
-	return d
-}
-
-// do calls try until it succeeds, fails for good, the attempts are spent or
-// ctx ends, logging each failed attempt on log.
-func (p RetryPolicy) do(ctx context.Context, log *slog.Logger, try func(ctx context.Context) error) error {
-	p = p.withDefaults()
-	for attempt := 1; ; attempt++ {
-		err := try(ctx)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			log.Warn("commit status not posted", "attempt", attempt, "err", err)
-			return stopped(ctx, attempt, err)
-		}
-		again, retryAfter := temporary(err)
-		if !again || attempt >= p.Attempts {
-			log.Warn("commit status not posted", "attempt", attempt, "err", err)
-			if again {
-				return fmt.Errorf("%w (gave up after %s)", err, attempts(attempt))
-			}
-			return err
-		}
-		wait := p.wait(attempt, retryAfter)
-		log.Warn("commit status not posted", "attempt", attempt, "err", err, "retry_in", wait)
-		timer := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return stopped(ctx, attempt, err)
-		case <-timer.C:
-		}
-	}
-}
-
-// stopped is the error of a post that ctx ended after attempts tries; it
-// matches ctx.Err() with errors.Is.
-func stopped(ctx context.Context, n int, last error) error {
-	if errors.Is(last, ctx.Err()) {
-		return fmt.Errorf("%w (after %s)", ctx.Err(), attempts(n))
-	}
-	return fmt.Errorf("%w (after %s; last: %v)", ctx.Err(), attempts(n), last)
-}
-
-// attempts says "1 attempt", "3 attempts".
-func attempts(n int) string {
-	if n == 1 {
-		return "1 attempt"
-	}
-	return fmt.Sprintf("%d attempts", n)
+	// Anything else came from the network: refused, reset, timed out, DNS.
+	return true, 0
 }
 
 // retryAfter reads a Retry-After header as RFC 9110 section 10.2.3 defines

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -17,62 +16,9 @@ import (
 
 	"code.gitea.io/sdk/gitea"
 	"github.com/google/go-github/v60/github"
+
+	"github.com/flakeship/flakeship/forge"
 )
-
-func TestZeroRetryPolicyTakesTheDefaults(t *testing.T) {
-	got := RetryPolicy{}.withDefaults()
-	want := RetryPolicy{Attempts: 6, Initial: 500 * time.Millisecond, Max: 30 * time.Second}
-	if got != want {
-		t.Errorf("defaults = %+v, want %+v", got, want)
-	}
-	if got := (RetryPolicy{Initial: time.Minute}).withDefaults().Max; got != time.Minute {
-		t.Errorf("Max below Initial became %v, want Initial (1m)", got)
-	}
-}
-
-func TestRetryWaitDoublesWithJitterUpToMax(t *testing.T) {
-	p := RetryPolicy{Attempts: 10, Initial: 100 * time.Millisecond, Max: time.Second}
-	tests := []struct {
-		attempt int
-		full    time.Duration // the wait before jitter
-	}{
-		{1, 100 * time.Millisecond},
-		{2, 200 * time.Millisecond},
-		{3, 400 * time.Millisecond},
-		{4, 800 * time.Millisecond},
-		{5, time.Second},
-		{50, time.Second},
-	}
-	for _, tc := range tests {
-		t.Run(fmt.Sprint("attempt ", tc.attempt), func(t *testing.T) {
-			seen := map[time.Duration]bool{}
-			for range 200 {
-				w := p.wait(tc.attempt, 0)
-				if w < tc.full/2 || w > tc.full {
-					t.Fatalf("wait = %v, want between %v and %v", w, tc.full/2, tc.full)
-				}
-				seen[w] = true
-			}
-			if len(seen) < 2 {
-				t.Errorf("200 waits were all %v: no jitter", seen)
-			}
-		})
-	}
-}
-
-func TestRetryWaitKeepsToTheForgesAskUpToAnHour(t *testing.T) {
-	p := RetryPolicy{Attempts: 3, Initial: time.Millisecond, Max: 10 * time.Second}
-	for _, tc := range []struct{ ask, want time.Duration }{
-		{3 * time.Second, 3 * time.Second},
-		{time.Minute, time.Minute}, // beyond Max: Max bounds the backoff only
-		{time.Hour, time.Hour},     // GitHub's primary window
-		{5 * time.Hour, time.Hour}, // cut to the cap
-	} {
-		if w := p.wait(1, tc.ask); w != tc.want {
-			t.Errorf("wait when the forge asks for %v = %v, want %v", tc.ask, w, tc.want)
-		}
-	}
-}
 
 func TestRetryAfterHeader(t *testing.T) {
 	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
@@ -111,10 +57,14 @@ func TestRetryAfterHeader(t *testing.T) {
 }
 
 func TestTemporarySortsErrors(t *testing.T) {
+	// What a notifier refuses before any request: a status that will
+	// never be valid.
+	invalid := (&GitHub{poster: poster{forge: "github"}}).post(context.Background(), forge.Status{Repo: "app"})
 	tests := []struct {
 		name string
 		err  error
 		want bool
+		wait time.Duration
 	}{
 		{name: "500", err: &APIError{StatusCode: 500}, want: true},
 		{name: "502", err: &APIError{StatusCode: 502}, want: true},
@@ -130,34 +80,15 @@ func TestTemporarySortsErrors(t *testing.T) {
 		{name: "connection refused", err: &url.Error{Op: "Post", URL: "http://x", Err: &net.OpError{Op: "dial", Err: errors.New("connection refused")}}, want: true},
 		{name: "connection dropped", err: &url.Error{Op: "Post", URL: "http://x", Err: io.EOF}, want: true},
 		{name: "an untrusted certificate", err: &url.Error{Op: "Post", URL: "https://x", Err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}}, want: false},
+		{name: "a status refused before any request", err: invalid, want: false},
+		{name: "a 429 with a wait", err: &APIError{StatusCode: 429, RetryAfter: 7 * time.Second}, want: true, wait: 7 * time.Second},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got, _ := temporary(tc.err); got != tc.want {
-				t.Errorf("temporary(%v) = %v, want %v", tc.err, got, tc.want)
+			if got, wait := Temporary(tc.err); got != tc.want || wait != tc.wait {
+				t.Errorf("Temporary(%v) = %v, %v; want %v, %v", tc.err, got, wait, tc.want, tc.wait)
 			}
 		})
-	}
-}
-
-func TestRetryDoStopsOnAFinalError(t *testing.T) {
-	calls := 0
-	final := &APIError{StatusCode: 401}
-	err := RetryPolicy{Attempts: 5, Initial: time.Millisecond}.do(context.Background(), slog.New(slog.DiscardHandler), func(context.Context) error {
-		calls++
-		return final
-	})
-	if calls != 1 || !errors.Is(err, final) || strings.Contains(err.Error(), "gave up") {
-		t.Errorf("calls = %d, err = %v; want one call returning the 401 as is", calls, err)
-	}
-}
-
-func TestRetryDoReportsAContextThatEndedBeforeTheFirstTry(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	err := RetryPolicy{}.do(ctx, slog.New(slog.DiscardHandler), func(ctx context.Context) error { return ctx.Err() })
-	if !errors.Is(err, context.Canceled) || err.Error() != "context canceled (after 1 attempt)" {
-		t.Errorf("err = %q, want context canceled (after 1 attempt)", err)
 	}
 }
 
