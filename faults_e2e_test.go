@@ -183,9 +183,8 @@ func TestFaultForgeDownOrFailingDelaysOnlyTheStatuses(t *testing.T) {
 			t.Fatalf("deploy while the forge is down = %+v, want succeeded", got)
 		}
 		a.wantRunning(1)
-		// The forge comes back just after the notifier's fifth attempt,
-		// which it follows with its longest wait (4 to 8 s): the worst
-		// case of its retries.
+		// The forge comes back after five posts failed: the status
+		// sender's waits have doubled to 4 s and more by then.
 		waitFor(t, 30*time.Second, func() bool { return len(a.forge.Requests()) >= 5 },
 			func() string { return fmt.Sprintf("the notifier tried %d times", len(a.forge.Requests())) })
 		if n := len(a.forge.Statuses()); n != 0 {
@@ -199,8 +198,8 @@ func TestFaultForgeDownOrFailingDelaysOnlyTheStatuses(t *testing.T) {
 			dropped, time.Since(up).Round(10*time.Millisecond))
 		a.wantPendingThen(sha, "success")
 
-		// A longer outage: the notifier gives up, and the status sender
-		// tries again later, until the forge is back.
+		// A second outage: the status sender logs each failed post and
+		// tries again on its schedule, until the forge is back.
 		const gaveUp = `msg="commit status not delivered, will retry"`
 		gaveUpBefore := strings.Count(f.logs.String(), gaveUp)
 		a.forge.SetDown(true)
