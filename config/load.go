@@ -20,6 +20,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/caarlos0/env/v10"
+
+	"github.com/flakeship/flakeship/forge"
 )
 
 // Error is one configuration problem: the variable and what is wrong with
@@ -460,14 +462,10 @@ func (l loader) target(c *Config, name string, environ map[string]string, profil
 	t := Target{Name: name}
 	var err error
 
-	switch strings.ToLower(e.Forge) {
-	case "":
+	if e.Forge == "" {
 		return Target{}, v.errorf(&e.Forge, "required: github, forgejo or gitea")
-	case "github":
-		t.Forge = "github"
-	case "forgejo", "gitea":
-		t.Forge = "forgejo"
-	default:
+	}
+	if t.Forge, err = forge.ParseKind(strings.ToLower(e.Forge)); err != nil {
 		return Target{}, v.errorf(&e.Forge, "want github, forgejo or gitea, got %q", clip(e.Forge))
 	}
 
@@ -481,7 +479,7 @@ func (l loader) target(c *Config, name string, environ map[string]string, profil
 
 	forgeURL := e.ForgeURL
 	if forgeURL == "" {
-		if t.Forge != "github" {
+		if t.Forge != forge.GitHub {
 			return Target{}, v.errorf(&e.ForgeURL, "required for forge %s: the server's base URL, like https://codeberg.org/", t.Forge)
 		}
 		forgeURL = githubAPI
@@ -508,7 +506,7 @@ func (l loader) target(c *Config, name string, environ map[string]string, profil
 	t.Branch = e.Branch
 
 	// ATTR's default depends on ACTIVATE, checked right after it.
-	activate := strings.ToLower(e.Activate)
+	activate := Activation(strings.ToLower(e.Activate))
 	var activateErr error
 	switch activate {
 	case ActivateService, ActivateNixOS, ActivateNone:
@@ -535,7 +533,7 @@ func (l loader) target(c *Config, name string, environ map[string]string, profil
 
 	// NIXOS_ACTION matters only in nixos mode; elsewhere it is kept if
 	// given, like UNIT, and checked all the same.
-	switch t.NixOSAction = strings.ToLower(e.NixOSAction); t.NixOSAction {
+	switch t.NixOSAction = NixOSAction(strings.ToLower(e.NixOSAction)); t.NixOSAction {
 	case "":
 		if t.Activate == ActivateNixOS {
 			t.NixOSAction = NixOSSwitch
@@ -555,7 +553,7 @@ func (l loader) target(c *Config, name string, environ map[string]string, profil
 		}
 	}
 
-	switch t.SystemdScope = strings.ToLower(e.SystemdScope); t.SystemdScope {
+	switch t.SystemdScope = Scope(strings.ToLower(e.SystemdScope)); t.SystemdScope {
 	case ScopeSystem, ScopeUser:
 	default:
 		return Target{}, v.errorf(&e.SystemdScope, "want system or user, got %q", clip(e.SystemdScope))
@@ -620,7 +618,7 @@ func (l loader) target(c *Config, name string, environ map[string]string, profil
 }
 
 // defaultAttr is the flake output built when ATTR is not set.
-func (l loader) defaultAttr(activate string) (string, error) {
+func (l loader) defaultAttr(activate Activation) (string, error) {
 	if activate == ActivateNixOS {
 		host, err := l.hostname()
 		if err != nil {
@@ -654,12 +652,12 @@ func nixSystem(goos, goarch string) (string, error) {
 // defaultCloneURL derives the clone URL from the forge's API URL (valid,
 // with its trailing slash): api.github.com serves github.com, GitHub
 // Enterprise serves its API under /api/v3/ and Forgejo under /api/v1/.
-func defaultCloneURL(forge, forgeURL, repo string) string {
+func defaultCloneURL(kind forge.Kind, forgeURL, repo string) string {
 	if u, err := url.Parse(forgeURL); err == nil && strings.EqualFold(u.Hostname(), "api.github.com") {
 		return "https://github.com/" + repo + ".git"
 	}
 	apiPath := "api/v1/"
-	if forge == "github" {
+	if kind == forge.GitHub {
 		apiPath = "api/v3/"
 	}
 	return strings.TrimSuffix(forgeURL, apiPath) + repo + ".git"
