@@ -54,9 +54,10 @@ func newHostileRig(t *testing.T) *hostileRig {
 		Nix: "nix", NixFlags: testenv.NixFlags(), BodyLimit: hostileBodyLimit,
 	}
 	for _, tg := range []struct {
-		name, repo, branch string
-		forge              forge.Kind
-		secret             config.Secret
+		name         string
+		forge        forge.Kind
+		repo, branch string
+		secret       config.Secret
 	}{
 		{"hello", "github", "Codertocat/Hello-World", "master", githubSecret},
 		{"demo", "forgejo", "peeradmin/deploy-demo", "main", forgejoSecret(t)},
