@@ -13,7 +13,7 @@ import (
 func TestPackagesImportOnlyDownstream(t *testing.T) {
 	const mod = "github.com/flakeship/flakeship/"
 	allowed := map[string][]string{
-		"config":   {},
+		"config":   {"forge"},
 		"forge":    {},
 		"builder":  {"config"},
 		"notifier": {"forge", "config"},

@@ -11,7 +11,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,6 +25,7 @@ import (
 	"github.com/flakeship/flakeship/cli"
 	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
+	"github.com/flakeship/flakeship/forge"
 	"github.com/flakeship/flakeship/metrics"
 	"github.com/flakeship/flakeship/notifier"
 	"github.com/flakeship/flakeship/server"
@@ -176,12 +176,12 @@ func newNotifiers(cfg *config.Config, log *slog.Logger) (map[string]notifier.Not
 			err error
 		)
 		switch t.Forge {
-		case "github":
+		case forge.GitHub:
 			n, err = notifier.NewGitHub(notifier.GitHubOptions{BaseURL: t.ForgeURL, Token: t.Token, Log: log})
-		case "forgejo":
+		case forge.Forgejo:
 			n, err = notifier.NewForgejo(notifier.ForgejoOptions{BaseURL: t.ForgeURL, Token: t.Token, Log: log})
 		default:
-			err = errors.New("unknown forge " + t.Forge)
+			err = fmt.Errorf("unknown forge %q", t.Forge)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("target %s: %w", t.Name, err)

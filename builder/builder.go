@@ -16,22 +16,22 @@ import (
 // Spec is everything the builder needs to know about one target. It is made
 // from a config.Target by deploy.SpecFor; every field is validated there.
 type Spec struct {
-	Name          string        // target name, for messages
-	CloneURL      string        // what go-git fetches (https://, http://, file:// or a path)
-	Branch        string        // the commit must be on this branch
-	Token         config.Secret // basic-auth password for http(s) fetches, "" for none
-	CacheDir      string        // the target's bare git cache (created on first fetch)
-	Attr          string        // flake output attribute path
-	NixCache      string        // XDG_CACHE_HOME of nix for this target, "" for nix's default
-	Nix           string        // nix binary
-	NixFlags      []string      // extra flags for every nix call
-	Activate      string        // config.ActivateService, ActivateNixOS or ActivateNone
-	NixOSAction   string        // config.NixOSSwitch, NixOSTest or NixOSBoot (nixos mode), "" for switch
-	Unit          string        // systemd unit restarted after the switch (service mode); nixos: checked if set
-	SystemdScope  string        // config.ScopeSystem or config.ScopeUser
-	Profile       string        // nix profile the build is set into
-	HealthURL     string        // polled after activation until 2xx, "" for none
-	HealthTimeout time.Duration // how long activation may take to be healthy
+	Name          string             // target name, for messages
+	CloneURL      string             // what go-git fetches (https://, http://, file:// or a path)
+	Branch        string             // the commit must be on this branch
+	Token         config.Secret      // basic-auth password for http(s) fetches, "" for none
+	CacheDir      string             // the target's bare git cache (created on first fetch)
+	Attr          string             // flake output attribute path
+	NixCache      string             // XDG_CACHE_HOME of nix for this target, "" for nix's default
+	Nix           string             // nix binary
+	NixFlags      []string           // extra flags for every nix call
+	Activate      config.Activation  // config.ActivateService, ActivateNixOS or ActivateNone
+	NixOSAction   config.NixOSAction // config.NixOSSwitch, NixOSTest or NixOSBoot (nixos mode), "" for switch
+	Unit          string             // systemd unit restarted after the switch (service mode); nixos: checked if set
+	SystemdScope  config.Scope       // config.ScopeSystem or config.ScopeUser
+	Profile       string             // nix profile the build is set into
+	HealthURL     string             // polled after activation until 2xx, "" for none
+	HealthTimeout time.Duration      // how long activation may take to be healthy
 }
 
 // Checkout is a fetched commit, ready to build with

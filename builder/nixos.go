@@ -70,7 +70,7 @@ const nixStoreDir = "/nix/store"
 // restartIfChanged = false).
 type nixosSwitcher struct {
 	profile  profile
-	action   string // config.NixOSSwitch, NixOSTest or NixOSBoot
+	action   config.NixOSAction // config.NixOSSwitch, NixOSTest or NixOSBoot
 	verifier verifier
 }
 
@@ -181,7 +181,7 @@ func (s *nixosSwitcher) Rollback(ctx context.Context, to Generation, log io.Writ
 func (s *nixosSwitcher) activate(ctx context.Context, top string, log io.Writer) error {
 	start := time.Now()
 	fmt.Fprintf(log, "activating %s: switch-to-configuration %s\n", top, s.action)
-	err := runCommandEnv(ctx, log, []string{"NIXOS_INSTALL_BOOTLOADER="}, switchToConfiguration(top), s.action)
+	err := runCommandEnv(ctx, log, []string{"NIXOS_INSTALL_BOOTLOADER="}, switchToConfiguration(top), string(s.action))
 	if err != nil {
 		return fmt.Errorf("switch-to-configuration %s: %w", s.action, err)
 	}

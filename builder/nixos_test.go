@@ -28,7 +28,7 @@ func TestNewSwitcherForNixOS(t *testing.T) {
 	tests := []struct {
 		name       string
 		change     func(*Spec)
-		wantAction string
+		wantAction config.NixOSAction
 		wantProf   string // the profile's path; good's when ""
 		wantErr    string
 	}{
@@ -359,7 +359,7 @@ func (s *testSystems) build(version string, exit int) string {
 }
 
 // switcher is a nixos switcher with action on a new profile of its own.
-func (s *testSystems) switcher(t testing.TB, action string) (Switcher, profile) {
+func (s *testSystems) switcher(t testing.TB, action config.NixOSAction) (Switcher, profile) {
 	t.Helper()
 	dir, err := os.MkdirTemp(s.dir, "profiles")
 	if err != nil {
@@ -369,7 +369,7 @@ func (s *testSystems) switcher(t testing.TB, action string) (Switcher, profile) 
 }
 
 // switcherOf is a nixos switcher with action on the profile at path.
-func (s *testSystems) switcherOf(t testing.TB, action, path string) (Switcher, profile) {
+func (s *testSystems) switcherOf(t testing.TB, action config.NixOSAction, path string) (Switcher, profile) {
 	t.Helper()
 	spec := Spec{Name: "host", Activate: config.ActivateNixOS, NixOSAction: action, Profile: path}
 	sw, err := NewSwitcher(spec, nixosTestNix(), nil)

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/flakeship/flakeship/forge"
 )
 
 // Config is the whole, validated configuration.
@@ -83,43 +85,52 @@ func (c *Config) NixConf() Secret {
 // Enterprise Server), or the redelivery would deploy again.
 const MinKeepFor = 30 * 24 * time.Hour
 
+// Activation is how a target puts a new build to use (ACTIVATE).
+type Activation string
+
 // Activation modes of a target.
 const (
-	ActivateService = "service"
-	ActivateNixOS   = "nixos"
-	ActivateNone    = "none"
+	ActivateService Activation = "service"
+	ActivateNixOS   Activation = "nixos"
+	ActivateNone    Activation = "none"
 )
 
-// What a nixos target does with a new system, named after the
-// switch-to-configuration (and nixos-rebuild) actions: switch makes it the
-// boot default and runs it, test runs it without making it the boot default,
-// boot makes it the boot default without running it.
+// NixOSAction is what a nixos target does with a new system (NIXOS_ACTION),
+// named after the switch-to-configuration (and nixos-rebuild) actions.
+type NixOSAction string
+
+// NixOS actions: switch makes the new system the boot default and runs it,
+// test runs it without making it the boot default, boot makes it the boot
+// default without running it.
 const (
-	NixOSSwitch = "switch"
-	NixOSTest   = "test"
-	NixOSBoot   = "boot"
+	NixOSSwitch NixOSAction = "switch"
+	NixOSTest   NixOSAction = "test"
+	NixOSBoot   NixOSAction = "boot"
 )
+
+// Scope is the systemd manager of a target's unit (SYSTEMD_SCOPE).
+type Scope string
 
 // Systemd scopes of a target's unit.
 const (
-	ScopeSystem = "system"
-	ScopeUser   = "user"
+	ScopeSystem Scope = "system"
+	ScopeUser   Scope = "user"
 )
 
 // Target is one deployable repository and what to do with its builds. All
 // fields are filled: defaults are applied and values validated by Load.
 type Target struct {
 	Name          string        // as listed in FLAKESHIP_TARGETS
-	Forge         string        // "github" or "forgejo" ("gitea" is stored as "forgejo")
+	Forge         forge.Kind    // forge.GitHub or forge.Forgejo ("gitea" is read as forge.Forgejo)
 	Repo          string        // owner/name
 	ForgeURL      string        // API base URL, with a trailing slash
 	CloneURL      string        // what go-git fetches
 	Branch        string        // branch that deploys
 	Attr          string        // flake output attribute path
-	Activate      string        // ActivateService, ActivateNixOS or ActivateNone
-	NixOSAction   string        // NixOSSwitch, NixOSTest or NixOSBoot (nixos mode; "" elsewhere unless given)
+	Activate      Activation    // ActivateService, ActivateNixOS or ActivateNone
+	NixOSAction   NixOSAction   // NixOSSwitch, NixOSTest or NixOSBoot (nixos mode; "" elsewhere unless given)
 	Unit          string        // systemd unit (service mode; nixos: checked if set)
-	SystemdScope  string        // ScopeSystem or ScopeUser
+	SystemdScope  Scope         // ScopeSystem or ScopeUser
 	Profile       string        // nix profile path
 	HealthURL     string        // polled after activation, "" for none
 	HealthTimeout time.Duration // how long activation may take to be healthy

@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -552,6 +553,29 @@ func TestLoadAcceptsTheEndsOfEveryRange(t *testing.T) {
 	}
 }
 
+// TestLoadIsSafeForConcurrentUse loads at once from several goroutines:
+// env adds its own parsers to the map of parsers it is given, so a map
+// shared between loads would be a data race (go test -race).
+func TestLoadIsSafeForConcurrentUse(t *testing.T) {
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := testLoader().load(with("FLAKESHIP_TARGET_APP_FORGE", "Gitea", "FLAKESHIP_TARGET_APP_FORGE_URL", "https://codeberg.org/"))
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 func TestConfigTargetFindsByName(t *testing.T) {
 	c, err := testLoader().load(with())
 	if err != nil {
@@ -865,6 +889,31 @@ func TestLoadRejectsEveryBadSetting(t *testing.T) {
 			want: `FLAKESHIP_TARGET_APP_STATUS_CONTEXT: want 1 to 255 printable characters, got "deploy\xff"`},
 
 		// Order.
+		{name: "a setting that needs another before a bad later one", env: with(
+			"FLAKESHIP_TARGET_APP_FORGE", "forgejo",
+			"FLAKESHIP_TARGET_APP_BRANCH", "-x",
+			"FLAKESHIP_TARGET_APP_HEALTH_TIMEOUT", "0s"),
+			want: `FLAKESHIP_TARGET_APP_FORGE_URL: required for forge forgejo: the server's base URL, like https://codeberg.org/`},
+		{name: "a bad setting before a default that needs a later one", env: with(
+			"FLAKESHIP_TARGET_APP_BRANCH", "-x",
+			"FLAKESHIP_TARGET_APP_ACTIVATE", "nixos"),
+			loader: func(l *loader) { l.hostname = func() (string, error) { return "", errors.New("uname broke") } },
+			want:   `FLAKESHIP_TARGET_APP_BRANCH: branch name "-x" starts with '-'`},
+		{name: "a secret's two variables before its file", env: with(
+			"FLAKESHIP_TARGET_APP_TOKEN", testToken,
+			"FLAKESHIP_TARGET_APP_TOKEN_FILE", missing,
+			"FLAKESHIP_TARGET_APP_STATUS_CONTEXT", long),
+			want: `FLAKESHIP_TARGET_APP_TOKEN: set either FLAKESHIP_TARGET_APP_TOKEN or FLAKESHIP_TARGET_APP_TOKEN_FILE, not both`},
+		{name: "global conversions before a cross check of a later global", env: with(
+			"FLAKESHIP_MAX_PARALLEL", "0",
+			"FLAKESHIP_NIX_FLAGS", "--access-tokens a=b",
+			"FLAKESHIP_NIX_ACCESS_TOKENS", "c=d"),
+			want: `FLAKESHIP_MAX_PARALLEL: want a whole number from 1 to 64, got "0"`},
+		{name: "a global cross check before a later conversion", env: with(
+			"FLAKESHIP_NIX_FLAGS", "--access-tokens a=b",
+			"FLAKESHIP_NIX_ACCESS_TOKENS", "c=d",
+			"FLAKESHIP_LOG_LEVEL", "loud"),
+			want: `FLAKESHIP_NIX_ACCESS_TOKENS: FLAKESHIP_NIX_FLAGS sets access-tokens too; give the tokens in one place (--extra-access-tokens adds to them)`},
 		{name: "first setting of a target first", env: with("FLAKESHIP_TARGET_APP_FORGE", "gitlab", "FLAKESHIP_TARGET_APP_REPO", "x"),
 			want: `FLAKESHIP_TARGET_APP_FORGE: want github, forgejo or gitea, got "gitlab"`},
 		{name: "first listed target first", env: with(

@@ -3,6 +3,9 @@ package deploy
 import (
 	"errors"
 	"time"
+
+	"github.com/flakeship/flakeship/config"
+	"github.com/flakeship/flakeship/forge"
 )
 
 // ErrInvalid is returned (wrapped with the reason) for a manual request
@@ -24,17 +27,17 @@ type ManualRequest struct {
 // TargetStatus is one target as the operator pages and GET /api/targets show
 // it.
 type TargetStatus struct {
-	Name       string  `json:"name"`
-	Forge      string  `json:"forge"`
-	Repo       string  `json:"repo"`
-	Branch     string  `json:"branch"`
-	Activate   string  `json:"activate"`
-	Unit       string  `json:"unit,omitempty"`
-	CurrentSHA string  `json:"current_sha"` // commit of the build that runs, "" before the first deploy
-	Generation int     `json:"generation"`  // its profile generation, 0 before the first deploy
-	LastDeploy *Deploy `json:"last_deploy"` // newest deploy of any state, nil if none
-	Running    *Deploy `json:"running"`     // the deploy being worked on, nil if none
-	Queued     *Deploy `json:"queued"`      // the deploy waiting for it, nil if none
+	Name       string            `json:"name"`
+	Forge      forge.Kind        `json:"forge"`
+	Repo       string            `json:"repo"`
+	Branch     string            `json:"branch"`
+	Activate   config.Activation `json:"activate"`
+	Unit       string            `json:"unit,omitempty"`
+	CurrentSHA string            `json:"current_sha"` // commit of the build that runs, "" before the first deploy
+	Generation int               `json:"generation"`  // its profile generation, 0 before the first deploy
+	LastDeploy *Deploy           `json:"last_deploy"` // newest deploy of any state, nil if none
+	Running    *Deploy           `json:"running"`     // the deploy being worked on, nil if none
+	Queued     *Deploy           `json:"queued"`      // the deploy waiting for it, nil if none
 }
 
 // Observer is told about what the queue does, for metrics. Its methods must

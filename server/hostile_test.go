@@ -23,6 +23,7 @@ import (
 
 	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
+	"github.com/flakeship/flakeship/forge"
 	"github.com/flakeship/flakeship/internal/queuetest"
 	"github.com/flakeship/flakeship/internal/testenv"
 )
@@ -53,8 +54,10 @@ func newHostileRig(t *testing.T) *hostileRig {
 		Nix: "nix", NixFlags: testenv.NixFlags(), BodyLimit: hostileBodyLimit,
 	}
 	for _, tg := range []struct {
-		name, forge, repo, branch string
-		secret                    config.Secret
+		name         string
+		forge        forge.Kind
+		repo, branch string
+		secret       config.Secret
 	}{
 		{"hello", "github", "Codertocat/Hello-World", "master", githubSecret},
 		{"demo", "forgejo", "peeradmin/deploy-demo", "main", forgejoSecret(t)},

@@ -375,8 +375,7 @@ func (s *Server) refuse(c *fiber.Ctx, log attrLogger, err error) error {
 func (s *Server) targetsFor(kind forge.Kind, repo string) []config.Target {
 	var ts []config.Target
 	for _, t := range s.cfg.Targets {
-		k, err := forge.ParseKind(t.Forge)
-		if err != nil || k != kind || !strings.EqualFold(t.Repo, repo) {
+		if t.Forge != kind || !strings.EqualFold(t.Repo, repo) {
 			continue
 		}
 		ts = append(ts, t)
