@@ -8,7 +8,6 @@ import (
 
 	"github.com/flakeship/flakeship/builder"
 	"github.com/flakeship/flakeship/config"
-	"github.com/flakeship/flakeship/forge"
 )
 
 // Deploy queues a manual deploy of target: the head of its branch, the head
@@ -47,7 +46,7 @@ func (q *Queue) Deploy(ctx context.Context, target string, req ManualRequest) (*
 	// t.Name, not target: the caller's string may live in a request
 	// buffer that is reused after it returns, and the deploy outlives it.
 	d := &Deploy{
-		Target: t.Name, Forge: forge.Kind(t.Forge), Repo: t.Repo, Branch: t.Branch, SHA: sha,
+		Target: t.Name, Forge: t.Forge, Repo: t.Repo, Branch: t.Branch, SHA: sha,
 		Trigger: TriggerManual, State: Queued, CreatedAt: q.now().UTC(),
 	}
 	out, _, err := q.submit(ctx, d)
@@ -83,7 +82,7 @@ func (q *Queue) Rollback(ctx context.Context, target string) (*Deploy, error) {
 		return nil, fmt.Errorf("rollback %s: %w: no build before generation %d", target, ErrNothingToRollBack, cur.Generation)
 	}
 	d := &Deploy{
-		Target: t.Name, Forge: forge.Kind(t.Forge), Repo: t.Repo, Branch: t.Branch, SHA: prev.SHA,
+		Target: t.Name, Forge: t.Forge, Repo: t.Repo, Branch: t.Branch, SHA: prev.SHA,
 		Trigger: TriggerRollback, State: Queued, CreatedAt: q.now().UTC(),
 		// The generation to make current again, and what it must hold.
 		Generation: prev.Generation, OutPath: prev.OutPath,
