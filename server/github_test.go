@@ -44,6 +44,10 @@ func edit(t testing.TB, body []byte, old, new string) []byte {
 	return bytes.ReplaceAll(body, []byte(old), []byte(new))
 }
 
+// parseFunc turns a delivery into a push with one secret (parseGitHub,
+// parseForgejo).
+type parseFunc func(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error)
+
 // parseCase is one delivery and what a parse function makes of it: an event,
 // an ignored reason, or an error matched with errors.Is.
 type parseCase struct {
@@ -60,7 +64,7 @@ func runParseCases(t *testing.T, parse parseFunc, tests []parseCase) {
 	t.Helper()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := parse(tc.header, tc.body, nil, tc.secret)
+			got, err := parse(tc.header, tc.body, tc.secret)
 			if err != nil && tc.secret.IsSet() && strings.Contains(err.Error(), tc.secret.Reveal()) {
 				t.Errorf("error %q contains the secret", err)
 			}
@@ -204,7 +208,7 @@ func FuzzParseGitHub(f *testing.F) {
 	}
 	f.Add("push", []byte(`{"ref":"refs/heads/main","after":"`+helloSHA+`","repository":{"full_name":"a/b"}}`))
 	f.Fuzz(func(t *testing.T, event string, body []byte) {
-		ev, err := parseGitHub(githubRequestHeader(event, body, githubSecret), body, nil, githubSecret)
+		ev, err := parseGitHub(githubRequestHeader(event, body, githubSecret), body, githubSecret)
 		checkFuzzResult(t, ev, err)
 	})
 }
