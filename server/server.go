@@ -334,12 +334,18 @@ func (s *Server) handleHook(c *fiber.Ctx, f *hookForge) error {
 		return s.refuse(c, log, ignored("branch %s is not deployed", ev.Branch))
 	}
 
+	return s.submit(c, log, ev, deploying, start)
+}
+
+// submit stores a deploy of ev for each of targets and answers the
+// delivery; start is when the delivery arrived.
+func (s *Server) submit(c *fiber.Ctx, log *deliveryLog, ev forge.PushEvent, targets []config.Target, start time.Time) error {
 	// Not fiber's context: the deploy must be stored whole even if the
 	// forge hangs up, and nothing may keep the request's context.
 	ctx, cancel := context.WithTimeout(context.Background(), submitTimeout)
 	defer cancel()
 	var results []submitted
-	for _, t := range deploying {
+	for _, t := range targets {
 		d, duplicate, err := s.deployer.SubmitPush(ctx, t.Name, ev)
 		if err == nil && d == nil {
 			err = errors.New("no deploy returned")
