@@ -206,9 +206,6 @@ func (s *Server) routes(app *fiber.App) {
 	// with another method as its 405.
 }
 
-// App returns the fiber app, for tests and for routes added before Listen.
-func (s *Server) App() *fiber.App { return s.app }
-
 // Listen serves on ln until Shutdown, within the connection limits.
 func (s *Server) Listen(ln net.Listener) error {
 	l := newConnLimiter(ln, s.limits, s.log, s.overload)
