@@ -106,7 +106,7 @@ func newAPIRig(t *testing.T, o rigOptions) *apiRig {
 
 	r.srv = New(Options{Config: cfg, Deployer: q, Operator: q, Log: log, Now: o.now})
 	if o.writeTimeout > 0 {
-		r.srv.App().Server().WriteTimeout = o.writeTimeout
+		r.srv.app.Server().WriteTimeout = o.writeTimeout
 	}
 	r.url = "http://" + serve(t, r.srv)
 	return r

@@ -88,7 +88,7 @@ func BenchmarkParse(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(d.body)))
 			for b.Loop() {
-				_, err := d.parse(d.header, d.body, nil, d.secret)
+				_, err := d.parse(d.header, d.body, d.secret)
 				var ign *IgnoredError
 				switch {
 				case d.ignored == "" && err != nil:

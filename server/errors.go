@@ -146,6 +146,26 @@ func (s *Server) writeError(c *fiber.Ctx, log attrLogger, err error) error {
 	return c.Status(status).JSON(errorAnswer{Error: msg})
 }
 
+// errorPage is the body of error.html.
+type errorPage struct {
+	Status     int
+	StatusText string
+	Message    string
+}
+
+// pageError answers err as an HTML page with the status and message
+// httpError gives it: the deploy queue's errors (404, 400, 409, 503) keep
+// their one-line text, which names no secret; anything else is a 500 whose
+// details go only to the log.
+func (s *Server) pageError(c *fiber.Ctx, err error) error {
+	status, msg, internal := s.httpError(err)
+	if internal {
+		s.log.Error("page failed", "method", c.Method(), "path", c.Path(), "err", err)
+	}
+	return s.render(c, status, "error.html", s.base(c, s.sessionOf(c), http.StatusText(status)),
+		errorPage{Status: status, StatusText: http.StatusText(status), Message: msg})
+}
+
 // ignoredAnswer and errorAnswer are the JSON bodies of a delivery that
 // deploys nothing and of a failed request (structs: encoding/json writes
 // them faster than a map).

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -256,28 +255,24 @@ func closeAfterStream(c *fiber.Ctx) {
 // Last-Event-ID header, and ends when the deploy ends, the client goes away
 // or the server shuts down. Like the API's log stream it moves the
 // connection's write deadline ahead before each write (see deployLog), so
-// WriteTimeout bounds each event, not the whole stream.
+// WriteTimeout bounds each event, not the whole stream. A stream that does
+// not start is answered by errors.go, as JSON.
 func (s *Server) deployEvents(c *fiber.Ctx) error {
-	plain := func(status int, msg string) error {
-		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
-		return c.Status(status).SendString(msg + "\n")
-	}
 	if !s.canRead(s.sessionOf(c)) {
-		return plain(http.StatusUnauthorized, "log in to read this flakeship's deploys")
+		return unauthorized("log in to read this flakeship's deploys")
 	}
 	id, ok := parseID(c.Params("id"))
 	if !ok {
-		return plain(http.StatusNotFound, "no such deploy")
+		return notFound("no such deploy")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), submitTimeout)
 	defer cancel()
 	_, err := s.operator.Get(ctx, id)
 	if errors.Is(err, deploy.ErrNotFound) {
-		return plain(http.StatusNotFound, "no such deploy")
+		return notFound("no such deploy")
 	}
 	if err != nil {
-		s.log.Error("event stream failed", "deploy_id", id, "err", err)
-		return plain(http.StatusInternalServerError, "internal error")
+		return fmt.Errorf("event stream of deploy %d: %w", id, err)
 	}
 	from := c.Get("Last-Event-ID")
 	if from == "" {

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"encoding/json"
 	"errors"
 	"net/http"
 
@@ -27,9 +26,8 @@ var forgejoHeaderNames = canonical(forgejoEventHeader, giteaEventHeader, forgejo
 	giteaDeliveryHeader, forgejoSignatureHeader, giteaSignatureHeader)
 
 // forgejoPush is the part of a Forgejo (or Gitea) push payload flakeship
-// reads, as encoding/json decodes it when a scan cannot decide (see
-// jsonscan.go). Forgejo sends no "deleted" or "forced": a branch deletion is a
-// separate "delete" event.
+// reads: a delivery's body is decoded into it once. Forgejo sends no
+// "deleted" or "forced": a branch deletion is a separate "delete" event.
 type forgejoPush struct {
 	Ref        string    `json:"ref"`
 	Before     string    `json:"before"`
@@ -71,79 +69,73 @@ func verifyForgejo(h http.Header, body []byte, secret config.Secret) error {
 	return checkSignature(body, secret, name, sig)
 }
 
-// decodeForgejoPush decodes body with encoding/json into forgejoPush.
-func decodeForgejoPush(body []byte) (*payload, error) {
-	var f forgejoPush
-	if err := json.Unmarshal(body, &f); err != nil {
-		return nil, err
-	}
-	return f.payload(), nil
+// forgejoHook is how the webhook handler reads a Forgejo or Gitea delivery.
+var forgejoHook = hookForge{
+	kind:        forge.Forgejo,
+	headerNames: forgejoHeaderNames,
+	headers:     forgejoHeaders,
+	verify:      verifyForgejo,
+	pushes:      forgejoPushes,
+	decode:      decodeForgejoPush,
 }
 
-// payload returns the push as a scan of its body for Forgejo finds it.
-func (f *forgejoPush) payload() *payload {
-	return &payload{
-		kind:       forge.Forgejo,
-		Repo:       f.Repository.FullName,
-		Ref:        f.Ref,
-		Before:     f.Before,
-		After:      f.After,
-		HeadCommit: f.HeadCommit,
-		Commits:    f.Commits,
-		Pusher:     pusher{Login: f.Pusher.Login, Username: f.Pusher.Username},
-	}
-}
-
-// parseForgejo turns a Forgejo or Gitea delivery into the push it describes,
-// in the same order and with the same errors as parseGitHub. Forgejo has no
-// ping: its "test delivery" is a push with before equal to after, ignored.
-//
-// scanned is the scan of body for Forgejo, or nil to scan it once the
-// signature and headers pass.
-func parseForgejo(h http.Header, body []byte, scanned *payload, secret config.Secret) (forge.PushEvent, error) {
-	if err := verifyForgejo(h, body, secret); err != nil {
-		return forge.PushEvent{}, err
-	}
-	event, deliveryID, err := forgejoHeaders(h)
-	if err != nil {
-		return forge.PushEvent{}, err
-	}
+// forgejoPushes returns nil for a push event, or the *IgnoredError of any
+// other. Forgejo has no ping.
+func forgejoPushes(event string) error {
 	switch event {
 	case "push":
+		return nil
 	case "delete":
-		return forge.PushEvent{}, ignored("branch deletion")
-	default:
-		return forge.PushEvent{}, ignored("event %s", clip(event))
+		return ignored("branch deletion")
 	}
+	return ignored("event %s", clip(event))
+}
 
-	p, err := pushPayload(body, scanned, forge.Forgejo)
+// decodeForgejoPush decodes body into a forgejoPush.
+func decodeForgejoPush(body []byte) (pushPayload, error) {
+	var f forgejoPush
+	if err := decodeBody(body, &f); err != nil {
+		return nil, err
+	}
+	return &f, nil
+}
+
+// repo implements pushPayload.
+func (f *forgejoPush) repo() string { return f.Repository.FullName }
+
+// event implements pushPayload. Forgejo's "test delivery" is a push with
+// before equal to after: it is ignored.
+func (f *forgejoPush) event(deliveryID string) (forge.PushEvent, error) {
+	branch, err := checkPush(f.Repository.FullName, f.Ref, f.After, false)
 	if err != nil {
 		return forge.PushEvent{}, err
 	}
-	branch, err := checkPush(p.Repo, p.Ref, p.After, false)
-	if err != nil {
-		return forge.PushEvent{}, err
-	}
-	if p.Before == p.After {
+	if f.Before == f.After {
 		return forge.PushEvent{}, ignored("test delivery")
 	}
 	ev := forge.PushEvent{
 		Forge:      forge.Forgejo,
 		DeliveryID: deliveryID,
-		Repo:       p.Repo,
+		Repo:       f.Repository.FullName,
 		Branch:     branch,
-		SHA:        p.After,
-		Pusher:     p.Pusher.Login,
+		SHA:        f.After,
+		Pusher:     f.Pusher.Login,
 	}
 	if ev.Pusher == "" {
-		ev.Pusher = p.Pusher.Username
+		ev.Pusher = f.Pusher.Username
 	}
 	var newest *commit
-	if len(p.Commits) > 0 {
-		newest = p.Commits[0]
+	if len(f.Commits) > 0 {
+		newest = f.Commits[0]
 	}
-	if c := headCommit(p.After, p.HeadCommit, newest); c != nil {
+	if c := headCommit(f.After, f.HeadCommit, newest); c != nil {
 		ev.Author, ev.Message = c.Author.Name, c.Message
 	}
 	return ev, nil
+}
+
+// parseForgejo turns a Forgejo or Gitea delivery into the push it describes,
+// in the same order and with the same errors as parseGitHub.
+func parseForgejo(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error) {
+	return forgejoHook.parse(h, body, secret)
 }

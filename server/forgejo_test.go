@@ -153,7 +153,7 @@ func FuzzParseForgejo(f *testing.F) {
 		f.Add(body)
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		ev, err := parseForgejo(resign(h, body, secret), body, nil, secret)
+		ev, err := parseForgejo(resign(h, body, secret), body, secret)
 		checkFuzzResult(t, ev, err)
 	})
 }

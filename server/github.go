@@ -1,7 +1,6 @@
 package server
 
 import (
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -21,8 +20,8 @@ const (
 // canonical form (http.CanonicalHeaderKey).
 var githubHeaderNames = canonical(githubEventHeader, githubDeliveryHeader, githubSignatureHeader)
 
-// githubPush is the part of GitHub's push payload flakeship reads, as
-// encoding/json decodes it when a scan cannot decide (see jsonscan.go).
+// githubPush is the part of GitHub's push payload flakeship reads: a
+// delivery's body is decoded into it once.
 type githubPush struct {
 	Ref        string  `json:"ref"`
 	After      string  `json:"after"`
@@ -69,27 +68,60 @@ func verifyGitHub(h http.Header, body []byte, secret config.Secret) error {
 	return checkSignature(body, secret, githubSignatureHeader, sig)
 }
 
-// decodeGitHubPush decodes body with encoding/json into githubPush.
-func decodeGitHubPush(body []byte) (*payload, error) {
-	var g githubPush
-	if err := json.Unmarshal(body, &g); err != nil {
-		return nil, err
-	}
-	return g.payload(), nil
+// githubHook is how the webhook handler reads a GitHub delivery.
+var githubHook = hookForge{
+	kind:        forge.GitHub,
+	headerNames: githubHeaderNames,
+	headers:     githubHeaders,
+	verify:      verifyGitHub,
+	pushes:      githubPushes,
+	decode:      decodeGitHubPush,
 }
 
-// payload returns the push as a scan of its body for GitHub finds it.
-func (g *githubPush) payload() *payload {
-	return &payload{
-		kind:       forge.GitHub,
-		Repo:       g.Repository.FullName,
-		Ref:        g.Ref,
-		After:      g.After,
-		Deleted:    g.Deleted,
-		Forced:     g.Forced,
-		HeadCommit: g.HeadCommit,
-		Pusher:     pusher{Name: g.Pusher.Name},
+// githubPushes returns nil for a push event, or the *IgnoredError of any
+// other.
+func githubPushes(event string) error {
+	switch event {
+	case "push":
+		return nil
+	case "ping":
+		return ignored("ping")
 	}
+	return ignored("event %s", clip(event))
+}
+
+// decodeGitHubPush decodes body into a githubPush.
+func decodeGitHubPush(body []byte) (pushPayload, error) {
+	var g githubPush
+	if err := decodeBody(body, &g); err != nil {
+		return nil, err
+	}
+	return &g, nil
+}
+
+// repo implements pushPayload.
+func (g *githubPush) repo() string { return g.Repository.FullName }
+
+// event implements pushPayload: deleted says a branch deletion, as does an
+// all-zero after.
+func (g *githubPush) event(deliveryID string) (forge.PushEvent, error) {
+	branch, err := checkPush(g.Repository.FullName, g.Ref, g.After, g.Deleted)
+	if err != nil {
+		return forge.PushEvent{}, err
+	}
+	ev := forge.PushEvent{
+		Forge:      forge.GitHub,
+		DeliveryID: deliveryID,
+		Repo:       g.Repository.FullName,
+		Branch:     branch,
+		SHA:        g.After,
+		Forced:     g.Forced,
+		Pusher:     g.Pusher.Name,
+	}
+	if c := headCommit(g.After, g.HeadCommit); c != nil {
+		ev.Author, ev.Message = c.Author.Name, c.Message
+	}
+	return ev, nil
 }
 
 // parseGitHub turns a GitHub delivery into the push it describes. It checks
@@ -99,45 +131,6 @@ func (g *githubPush) payload() *payload {
 //
 // A Forgejo delivery sent here parses too: Forgejo also sends the GitHub
 // headers and a sha256= signature, and the same payload fields.
-//
-// scanned is the scan of body for GitHub (scanPayload), made once however
-// many secrets are tried, or nil to scan it once the signature and headers
-// pass.
-func parseGitHub(h http.Header, body []byte, scanned *payload, secret config.Secret) (forge.PushEvent, error) {
-	if err := verifyGitHub(h, body, secret); err != nil {
-		return forge.PushEvent{}, err
-	}
-	event, deliveryID, err := githubHeaders(h)
-	if err != nil {
-		return forge.PushEvent{}, err
-	}
-	switch event {
-	case "push":
-	case "ping":
-		return forge.PushEvent{}, ignored("ping")
-	default:
-		return forge.PushEvent{}, ignored("event %s", clip(event))
-	}
-
-	p, err := pushPayload(body, scanned, forge.GitHub)
-	if err != nil {
-		return forge.PushEvent{}, err
-	}
-	branch, err := checkPush(p.Repo, p.Ref, p.After, p.Deleted)
-	if err != nil {
-		return forge.PushEvent{}, err
-	}
-	ev := forge.PushEvent{
-		Forge:      forge.GitHub,
-		DeliveryID: deliveryID,
-		Repo:       p.Repo,
-		Branch:     branch,
-		SHA:        p.After,
-		Forced:     p.Forced,
-		Pusher:     p.Pusher.Name,
-	}
-	if c := headCommit(p.After, p.HeadCommit); c != nil {
-		ev.Author, ev.Message = c.Author.Name, c.Message
-	}
-	return ev, nil
+func parseGitHub(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error) {
+	return githubHook.parse(h, body, secret)
 }

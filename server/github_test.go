@@ -44,6 +44,10 @@ func edit(t testing.TB, body []byte, old, new string) []byte {
 	return bytes.ReplaceAll(body, []byte(old), []byte(new))
 }
 
+// parseFunc turns a delivery into a push with one secret (parseGitHub,
+// parseForgejo).
+type parseFunc func(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error)
+
 // parseCase is one delivery and what a parse function makes of it: an event,
 // an ignored reason, or an error matched with errors.Is.
 type parseCase struct {
@@ -60,7 +64,7 @@ func runParseCases(t *testing.T, parse parseFunc, tests []parseCase) {
 	t.Helper()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := parse(tc.header, tc.body, nil, tc.secret)
+			got, err := parse(tc.header, tc.body, tc.secret)
 			if err != nil && tc.secret.IsSet() && strings.Contains(err.Error(), tc.secret.Reveal()) {
 				t.Errorf("error %q contains the secret", err)
 			}
@@ -123,6 +127,12 @@ func TestParseGitHub(t *testing.T) {
 	otherHead := edit(t, push, `"after": "`+helloSHA+`"`, `"after": "`+strings.Repeat("b", 40)+`"`)
 	otherHeadEvent := pushed
 	otherHeadEvent.SHA, otherHeadEvent.Author, otherHeadEvent.Message = strings.Repeat("b", 40), "", ""
+	// The decoder takes the last of two equal names and replaces invalid
+	// UTF-8, as encoding/json does.
+	twoRefs := edit(t, push, `"ref": "refs/heads/master"`, `"ref": "refs/heads/other", "ref": "refs/heads/master"`)
+	badUTF8 := edit(t, push, `"message": "Initial commit"`, "\"message\": \"Initial \xff commit\"")
+	badUTF8Event := pushed
+	badUTF8Event.Message = "Initial \uFFFD commit"
 
 	sig := hmacHex(githubSecret, push)
 	sha1mac := hmac.New(sha1.New, []byte(githubSecret.Reveal()))
@@ -141,6 +151,8 @@ func TestParseGitHub(t *testing.T) {
 		{name: "push of a new branch deploys its head", header: signed("push", push), body: push, secret: githubSecret, want: pushed},
 		{name: "forced push says so", header: signed("push", forced), body: forced, secret: githubSecret, want: forcedEvent},
 		{name: "branch with a slash", header: signed("push", feature), body: feature, secret: githubSecret, want: featureEvent},
+		{name: "of two equal names the last counts", header: signed("push", twoRefs), body: twoRefs, secret: githubSecret, want: pushed},
+		{name: "invalid UTF-8 is replaced", header: signed("push", badUTF8), body: badUTF8, secret: githubSecret, want: badUTF8Event},
 		{name: "head commit other than after gives no author", header: signed("push", otherHead), body: otherHead, secret: githubSecret, want: otherHeadEvent},
 		{name: "forgejo delivery parses as github", header: fjHeader, body: fjBody, secret: forgejoSecret(t), want: forge.PushEvent{
 			Forge:      forge.GitHub,
@@ -204,7 +216,7 @@ func FuzzParseGitHub(f *testing.F) {
 	}
 	f.Add("push", []byte(`{"ref":"refs/heads/main","after":"`+helloSHA+`","repository":{"full_name":"a/b"}}`))
 	f.Fuzz(func(t *testing.T, event string, body []byte) {
-		ev, err := parseGitHub(githubRequestHeader(event, body, githubSecret), body, nil, githubSecret)
+		ev, err := parseGitHub(githubRequestHeader(event, body, githubSecret), body, githubSecret)
 		checkFuzzResult(t, ev, err)
 	})
 }

@@ -112,9 +112,8 @@ func (s *Server) base(c *fiber.Ctx, sess session, title string) basePage {
 func (s *Server) render(c *fiber.Ctx, status int, name string, b basePage, body any) error {
 	var buf bytes.Buffer
 	if err := pageTemplates[name].ExecuteTemplate(&buf, "layout", pageData{basePage: b, Body: body}); err != nil {
-		s.log.Error("render page", "page", name, "err", err)
-		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
-		return c.Status(http.StatusInternalServerError).SendString("internal error\n")
+		// Not pageError: that renders a page too.
+		return s.writeError(c, s.log, fmt.Errorf("render page %s: %w", name, err))
 	}
 	c.Set(fiber.HeaderContentType, fiber.MIMETextHTMLCharsetUTF8)
 	c.Set(fiber.HeaderCacheControl, "no-store")
@@ -123,26 +122,6 @@ func (s *Server) render(c *fiber.Ctx, status int, name string, b basePage, body 
 	c.Set(fiber.HeaderContentSecurityPolicy, fmt.Sprintf("default-src 'none'; style-src 'self'; img-src 'self'; "+
 		"script-src 'nonce-%s'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'", b.Nonce))
 	return c.Status(status).Send(buf.Bytes())
-}
-
-// errorPage is the body of error.html.
-type errorPage struct {
-	Status     int
-	StatusText string
-	Message    string
-}
-
-// pageError answers err as an HTML page with the status and message
-// httpError gives it: the deploy queue's errors (404, 400, 409, 503) keep
-// their one-line text, which names no secret; anything else is a 500 whose
-// details go only to the log.
-func (s *Server) pageError(c *fiber.Ctx, err error) error {
-	status, msg, internal := s.httpError(err)
-	if internal {
-		s.log.Error("page failed", "method", c.Method(), "path", c.Path(), "err", err)
-	}
-	return s.render(c, status, "error.html", s.base(c, s.sessionOf(c), http.StatusText(status)),
-		errorPage{Status: status, StatusText: http.StatusText(status), Message: msg})
 }
 
 // stamp is a time as the pages show it.

@@ -970,6 +970,32 @@ func TestReadTokenGatesThePages(t *testing.T) {
 	}
 }
 
+// TestEventStreamsThatCannotStartAreJSONErrors checks that an event stream
+// refused before it starts is answered as every other error is (errors.go):
+// the status and a JSON {"error":...}.
+func TestEventStreamsThatCannotStartAreJSONErrors(t *testing.T) {
+	t.Parallel()
+	r := newPageRig(t, pageRigOptions{admin: pageAdminToken, read: pageReadToken})
+	reader := r.login(pageReadToken)
+	tests := []struct {
+		name, path, cookie string
+		status             int
+		want               string
+	}{
+		{"without a session", "/deploys/1/events", "", 401, `{"error":"log in to read this flakeship's deploys"}`},
+		{"an id that is no number", "/deploys/abc/events", reader, 404, `{"error":"no such deploy"}`},
+		{"an unknown deploy", "/deploys/99999/events", reader, 404, `{"error":"no such deploy"}`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a := r.get(tc.path, tc.cookie)
+			if a.status != tc.status || !strings.HasPrefix(a.header.Get("Content-Type"), "application/json") || a.body != tc.want {
+				t.Errorf("GET %s: %d %q %q, want %d JSON %s", tc.path, a.status, a.header.Get("Content-Type"), a.body, tc.status, tc.want)
+			}
+		})
+	}
+}
+
 func TestWithoutAnAdminTokenThePagesOfferNoActions(t *testing.T) {
 	t.Parallel()
 	r := newPageRig(t, pageRigOptions{})

@@ -1,12 +1,14 @@
 package server
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
 	"strings"
+
+	json "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/forge"
@@ -105,66 +107,77 @@ func firstHeader(h http.Header, names ...string) (name, value string) {
 	return names[0], ""
 }
 
-// repoOf returns the repository.full_name of body, scanned as p, to choose
-// the targets (and so the secrets) to verify it with. It returns "" when
-// the payload names no repository. Where the scan could not decide, it
-// decodes body with encoding/json, as it did before the scanner, for the
-// same error.
-func repoOf(body []byte, p *payload) (string, error) {
-	name := p.Repo
-	if p.repoUnsure {
-		var err error
-		if name, err = decodeRepo(body); err != nil {
-			return "", malformed("body", err)
-		}
+// pushPayload is a forge's push payload (githubPush, forgejoPush), decoded
+// from a delivery's body once, before its signature is checked: its
+// repository chooses the targets, and so the secrets, to check it with.
+type pushPayload interface {
+	// repo returns repository.full_name, "" when the payload names none.
+	repo() string
+	// event validates the payload before any field is used and returns the
+	// push it describes, or an *IgnoredError or an ErrMalformed.
+	event(deliveryID string) (forge.PushEvent, error)
+}
+
+// hookForge is what the webhook handler knows of one forge (githubHook,
+// forgejoHook): the headers it reads, how it signs, which event deploys and
+// how its push payload is decoded.
+type hookForge struct {
+	kind        forge.Kind
+	headerNames []string // in canonical form
+	headers     func(h http.Header) (event, deliveryID string, err error)
+	verify      func(h http.Header, body []byte, secret config.Secret) error
+	// pushes returns nil for the push event, an *IgnoredError for any other.
+	pushes func(event string) error
+	decode func(body []byte) (pushPayload, error)
+}
+
+// parse turns a delivery into the push it describes with one secret: it
+// checks the signature first, then the headers and the event, then decodes
+// and validates the payload before any field is used. It returns
+// ErrSignature, an ErrMalformed or an *IgnoredError. The webhook handler
+// takes the same steps, decoding first to choose the secrets.
+func (f *hookForge) parse(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error) {
+	if err := f.verify(h, body, secret); err != nil {
+		return forge.PushEvent{}, err
 	}
-	if name == "" {
+	event, deliveryID, err := f.headers(h)
+	if err != nil {
+		return forge.PushEvent{}, err
+	}
+	if err := f.pushes(event); err != nil {
+		return forge.PushEvent{}, err
+	}
+	p, err := f.decode(body)
+	if err != nil {
+		return forge.PushEvent{}, err
+	}
+	return p.event(deliveryID)
+}
+
+// decodeBody decodes a delivery's body into dst, one forge's push struct,
+// or returns an ErrMalformed with the decoder's one-line reason. The decoder
+// is encoding/json/v2 (go-json-experiment/json): it validates the whole
+// document, nesting at most 10000 levels deep, and matches member names
+// exactly. As encoding/json does, it lets the last of two equal names win
+// (checking for them tracks every name of every object, which took several
+// times as long as the decoding) and turns invalid UTF-8 into U+FFFD.
+func decodeBody(body []byte, dst any) error {
+	err := json.Unmarshal(body, dst, jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
+	if err != nil {
+		return malformed("body", err)
+	}
+	return nil
+}
+
+// validRepo returns repo if it is "" or an owner/name, else an ErrMalformed.
+func validRepo(repo string) (string, error) {
+	if repo == "" {
 		return "", nil
 	}
-	if err := config.ValidateRepo(name); err != nil {
+	if err := config.ValidateRepo(repo); err != nil {
 		return "", malformed("repository.full_name", err)
 	}
-	return name, nil
-}
-
-// decodeRepo decodes repository.full_name from body with encoding/json,
-// into the struct whose type its errors name.
-func decodeRepo(body []byte) (string, error) {
-	var p struct {
-		Repository struct {
-			FullName string `json:"full_name"`
-		} `json:"repository"`
-	}
-	err := json.Unmarshal(body, &p)
-	return p.Repository.FullName, err
-}
-
-// pushPayload returns the push fields of body for forge kind as
-// json.Unmarshal decodes them into its struct (githubPush, forgejoPush), or
-// an ErrMalformed with encoding/json's error. scanned is body's scan for
-// kind, or nil to scan it now; where the scan could not decide, body is
-// decoded with encoding/json.
-func pushPayload(body []byte, scanned *payload, kind forge.Kind) (*payload, error) {
-	p := scanned
-	if p == nil || p.kind != kind {
-		p = scanPayload(body, kind)
-	}
-	if !p.pushUnsure {
-		return p, nil
-	}
-	var err error
-	switch kind {
-	case forge.GitHub:
-		p, err = decodeGitHubPush(body)
-	case forge.Forgejo:
-		p, err = decodeForgejoPush(body)
-	default:
-		return nil, fmt.Errorf("decode push: forge %q has no push payload", kind)
-	}
-	if err != nil {
-		return nil, malformed("body", err)
-	}
-	return p, nil
+	return repo, nil
 }
 
 // short is the 7-character display form of a sha.

@@ -187,8 +187,8 @@ func (s *Server) routes(app *fiber.App) {
 	app.Use(s.checkHost)
 	app.Use(s.admit)
 
-	app.Post("/hooks/github", s.hook(forge.GitHub, githubHeaderNames, githubHeaders, parseGitHub))
-	forgejo := s.hook(forge.Forgejo, forgejoHeaderNames, forgejoHeaders, parseForgejo)
+	app.Post("/hooks/github", s.hook(&githubHook))
+	forgejo := s.hook(&forgejoHook)
 	app.Post("/hooks/forgejo", forgejo)
 	app.Post("/hooks/gitea", forgejo)
 
@@ -205,9 +205,6 @@ func (s *Server) routes(app *fiber.App) {
 	// Unmatched paths reach handleError as fiber's 404, and a known path
 	// with another method as its 405.
 }
-
-// App returns the fiber app, for tests and for routes added before Listen.
-func (s *Server) App() *fiber.App { return s.app }
 
 // Listen serves on ln until Shutdown, within the connection limits.
 func (s *Server) Listen(ln net.Listener) error {
@@ -236,24 +233,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// headersFunc returns a delivery's event and delivery id (githubHeaders,
-// forgejoHeaders).
-type headersFunc func(h http.Header) (event, deliveryID string, err error)
-
-// parseFunc turns a delivery into a push (parseGitHub, parseForgejo), given
-// the scan of its body for the forge (or nil), so that a body is read once
-// however many secrets are tried.
-type parseFunc func(h http.Header, body []byte, scanned *payload, secret config.Secret) (forge.PushEvent, error)
-
 // hook returns the webhook handler of one forge. Every delivery is reported
 // to the delivery observer once, with its final status: here when the
 // handler answered it, in handleError when fiber answers an error instead (a
 // panic, or a delivery refused before any handler ran: too large, too slow).
-func (s *Server) hook(kind forge.Kind, headerNames []string, headers headersFunc, parse parseFunc) fiber.Handler {
+func (s *Server) hook(f *hookForge) fiber.Handler {
 	return func(c *fiber.Ctx) error {
-		err := s.handleHook(c, kind, headerNames, headers, parse)
+		err := s.handleHook(c, f)
 		if err == nil {
-			s.observeDelivery(kind, c.Response().StatusCode())
+			s.observeDelivery(f.kind, c.Response().StatusCode())
 		}
 		return err
 	}
@@ -283,45 +271,52 @@ func hookKind(method, path string) (kind forge.Kind, ok bool) {
 	return "", false
 }
 
-// handleHook answers one delivery: it finds the targets of the delivery's
-// repository, verifies the signature with their secrets, and submits a
-// deploy for each target of the pushed branch. The deploy is stored before
-// the answer, and no work outlives the handler.
-func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headerNames []string, headers headersFunc, parse parseFunc) error {
+// handleHook answers one delivery: it decodes the body once, finds the
+// targets of its repository, verifies the signature with their secrets, and
+// submits a deploy for each target of the pushed branch. The deploy is
+// stored before the answer, and no work outlives the handler.
+func (s *Server) handleHook(c *fiber.Ctx, f *hookForge) error {
 	start := s.now()
 	// The raw bytes, as signed: c.Body() would decode a Content-Encoding.
 	// fasthttp reuses the buffer once the handler returns, and nothing keeps
-	// it: the scan and the push copy what they read.
+	// it: the decoded payload holds copies.
 	body := c.Request().Body()
-	h := requestHeader(c, headerNames)
-	log := newDeliveryLog(s.log, slog.String("forge", string(kind)))
+	h := requestHeader(c, f.headerNames)
+	log := newDeliveryLog(s.log, slog.String("forge", string(f.kind)))
 
-	event, deliveryID, err := headers(h)
+	event, deliveryID, err := f.headers(h)
 	if err != nil {
 		return s.refuse(c, log, err)
 	}
 	log.add(slog.String("delivery_id", deliveryID), slog.String("event", clip(event)))
 
-	// One pass over the body validates it and reads what follows from it:
-	// the repository now, the push once a secret verifies the signature.
-	scanned := scanPayload(body, kind)
-	repo, err := repoOf(body, scanned)
+	p, err := f.decode(body)
 	if err != nil {
 		if strings.HasPrefix(string(c.Request().Header.ContentType()), "application/x-www-form-urlencoded") {
 			err = fmt.Errorf("%w: the webhook's content type must be application/json", ErrMalformed)
 		}
 		return s.refuse(c, log, err)
 	}
+	repo, err := validRepo(p.repo())
+	if err != nil {
+		return s.refuse(c, log, err)
+	}
 	if repo == "" {
 		return s.refuse(c, log, ignored("no repository in payload"))
 	}
 	log.add(slog.String("repo", repo))
-	targets := s.targetsFor(kind, repo)
+	targets := s.targetsFor(f.kind, repo)
 	if len(targets) == 0 {
 		return s.refuse(c, log, ignored("unknown repository %s", repo))
 	}
-
-	ev, verified, err := parseFor(h, body, scanned, targets, parse)
+	verified, err := verifiedTargets(h, body, targets, f.verify)
+	if err != nil {
+		return s.refuse(c, log, err)
+	}
+	if err := f.pushes(event); err != nil {
+		return s.refuse(c, log, err)
+	}
+	ev, err := p.event(deliveryID)
 	if err != nil {
 		return s.refuse(c, log, err)
 	}
@@ -336,12 +331,18 @@ func (s *Server) handleHook(c *fiber.Ctx, kind forge.Kind, headerNames []string,
 		return s.refuse(c, log, ignored("branch %s is not deployed", ev.Branch))
 	}
 
+	return s.submit(c, log, ev, deploying, start)
+}
+
+// submit stores a deploy of ev for each of targets and answers the
+// delivery; start is when the delivery arrived.
+func (s *Server) submit(c *fiber.Ctx, log *deliveryLog, ev forge.PushEvent, targets []config.Target, start time.Time) error {
 	// Not fiber's context: the deploy must be stored whole even if the
 	// forge hangs up, and nothing may keep the request's context.
 	ctx, cancel := context.WithTimeout(context.Background(), submitTimeout)
 	defer cancel()
 	var results []submitted
-	for _, t := range deploying {
+	for _, t := range targets {
 		d, duplicate, err := s.deployer.SubmitPush(ctx, t.Name, ev)
 		if err == nil && d == nil {
 			err = errors.New("no deploy returned")
@@ -383,35 +384,26 @@ func (s *Server) targetsFor(kind forge.Kind, repo string) []config.Target {
 	return ts
 }
 
-// parseFor parses a delivery (scanned is its body's scan) with the secret of
-// each target of its repository and returns the push with the targets whose
-// secret verifies it. If none does, it returns the signature error. A
-// delivery that verifies but is ignored or malformed is so for every secret
-// that verifies it, so that error is returned at once.
-func parseFor(h http.Header, body []byte, scanned *payload, targets []config.Target, parse parseFunc) (forge.PushEvent, []config.Target, error) {
+// verifiedTargets returns the targets whose secret verifies the delivery's
+// signature, or the signature error if none does.
+func verifiedTargets(h http.Header, body []byte, targets []config.Target,
+	verify func(h http.Header, body []byte, secret config.Secret) error) ([]config.Target, error) {
 	var (
-		ev       forge.PushEvent
 		verified []config.Target
 		sigErr   error
 	)
 	for _, t := range targets {
-		e, err := parse(h, body, scanned, t.WebhookSecret)
-		switch {
-		case errors.Is(err, ErrSignature):
-			if sigErr == nil {
-				sigErr = err
-			}
-		case err != nil:
-			return forge.PushEvent{}, nil, err
-		default:
-			ev = e
+		switch err := verify(h, body, t.WebhookSecret); {
+		case err == nil:
 			verified = append(verified, t)
+		case sigErr == nil:
+			sigErr = err
 		}
 	}
 	if len(verified) == 0 {
-		return forge.PushEvent{}, nil, sigErr
+		return nil, sigErr
 	}
-	return ev, verified, nil
+	return verified, nil
 }
 
 // submitted is one deploy a delivery asked for.

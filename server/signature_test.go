@@ -81,7 +81,7 @@ func TestGitHubDocumentedTestVectorVerifies(t *testing.T) {
 	// Past the signature, "Hello, World!" is no push: malformed, not unsigned.
 	h.Set("X-GitHub-Event", "push")
 	h.Set("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
-	if _, err := parseGitHub(h, []byte(payload), nil, secret); !errors.Is(err, ErrMalformed) {
+	if _, err := parseGitHub(h, []byte(payload), secret); !errors.Is(err, ErrMalformed) {
 		t.Errorf("parseGitHub: got %v, want ErrMalformed", err)
 	}
 }
