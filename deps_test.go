@@ -20,7 +20,7 @@ func TestPackagesImportOnlyDownstream(t *testing.T) {
 		"deploy":   {"config", "forge", "builder", "notifier"},
 		"store":    {"deploy", "forge"},
 		"server":   {"config", "forge", "deploy"},
-		"cli":      {"config", "deploy"},
+		"cli":      {"config", "deploy", "forge"},
 		"metrics":  {"deploy", "forge"},
 	}
 	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, "./...").Output()

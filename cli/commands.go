@@ -16,6 +16,7 @@ import (
 
 	"github.com/flakeship/flakeship/config"
 	"github.com/flakeship/flakeship/deploy"
+	"github.com/flakeship/flakeship/forge"
 )
 
 // queued is the server's answer to a deploy or rollback.
@@ -90,7 +91,7 @@ func (r *runner) queued(ctx context.Context, c *client, q queued, wait bool) err
 	}
 	switch {
 	case d.State == deploy.Succeeded:
-		fmt.Fprintf(r.stdout, "deploy %d succeeded: %s is generation %d\n", d.ID, short(d.SHA), d.Generation)
+		fmt.Fprintf(r.stdout, "deploy %d succeeded: %s is generation %d\n", d.ID, forge.ShortSHA(d.SHA), d.Generation)
 		return nil
 	case !d.State.Terminal():
 		return fmt.Errorf("the log stream ended while deploy %d was still %s; see %s", d.ID, d.State, d.URL)
@@ -216,7 +217,7 @@ func (r *runner) statusTable(targets []deploy.TargetStatus) error {
 		}
 		sha, gen := "-", "-"
 		if t.CurrentSHA != "" {
-			sha = short(t.CurrentSHA)
+			sha = forge.ShortSHA(t.CurrentSHA)
 		}
 		if t.Generation > 0 {
 			gen = strconv.Itoa(t.Generation)
@@ -275,12 +276,4 @@ func deployIDArg(args []string) (int64, error) {
 		return 0, usagef("deploy id must be a positive number, got %q", clip(args[0]))
 	}
 	return id, nil
-}
-
-// short is the 7-character display form of a commit id.
-func short(sha string) string {
-	if len(sha) > 7 {
-		return sha[:7]
-	}
-	return sha
 }

@@ -216,7 +216,7 @@ func (q *Queue) commitBatch(batch []*submission) {
 func (q *Queue) queueCommitted(created []*submission, plan []supersession, held map[string]*Deploy) {
 	for _, sub := range created {
 		d := sub.deploy
-		q.log.Info("deploy queued", "target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA),
+		q.log.Info("deploy queued", "target", d.Target, "deploy_id", d.ID, "sha", forge.ShortSHA(d.SHA),
 			"trigger", d.Trigger, "delivery_id", d.DeliveryID)
 		q.statuses.notify(d)
 	}
@@ -386,13 +386,13 @@ func (q *Queue) superseded(a, b *Deploy) (loser, next *Deploy, err error) {
 		loser, winner = winner, loser
 	}
 	next, err = changed(loser, Superseded,
-		fmt.Sprintf("superseded by deploy %d (%s)", winner.ID, short(winner.SHA)), q.now())
+		fmt.Sprintf("superseded by deploy %d (%s)", winner.ID, forge.ShortSHA(winner.SHA)), q.now())
 	if err != nil {
 		return nil, nil, err
 	}
 	by := winner.ID
 	next.SupersededBy = &by
-	next.statusText = "Superseded by " + short(winner.SHA)
+	next.statusText = "Superseded by " + forge.ShortSHA(winner.SHA)
 	return loser, next, nil
 }
 

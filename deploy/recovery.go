@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"sort"
+
+	"github.com/flakeship/flakeship/forge"
 )
 
 // Start recovers what a previous run left: queued deploys are queued again
@@ -80,7 +82,7 @@ func (q *Queue) interrupted(ctx context.Context, d *Deploy, nothingQueued bool) 
 		return nil, err
 	}
 	q.log.Warn("deploy interrupted by a stop", "target", d.Target, "deploy_id", d.ID,
-		"sha", short(d.SHA), "state", was, "retry", retry)
+		"sha", forge.ShortSHA(d.SHA), "state", was, "retry", retry)
 	if !retry {
 		return nil, nil
 	}

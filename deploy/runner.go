@@ -9,6 +9,7 @@ import (
 
 	"github.com/flakeship/flakeship/builder"
 	"github.com/flakeship/flakeship/config"
+	"github.com/flakeship/flakeship/forge"
 )
 
 // activationSlack is how long activation may take beyond the target's
@@ -49,7 +50,7 @@ type job struct {
 // of Shutdown's grace period, and only cuts short the fetch and the build.
 func (q *Queue) execute(ctx context.Context, t config.Target, d *Deploy) {
 	j := &job{q: q, d: d, t: t, spec: SpecFor(t, q.cfg), ctx: ctx, rec: context.Background(),
-		log: q.log.With("target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA))}
+		log: q.log.With("target", d.Target, "deploy_id", d.ID, "sha", forge.ShortSHA(d.SHA))}
 	lf, err := openLog(logPath(q.cfg.StateDir, d.ID), q.tools.secrets, q.cfg.DeployLogLimit)
 	if err != nil {
 		j.log.Error("deploy log unavailable", "err", err)
@@ -114,7 +115,7 @@ func (j *job) run() {
 		return
 	}
 	elapsed := j.q.now().Sub(began).Round(time.Second)
-	j.lf.Printf("== deployed %s as generation %d in %s", short(j.d.SHA), gen.Number, elapsed)
+	j.lf.Printf("== deployed %s as generation %d in %s", forge.ShortSHA(j.d.SHA), gen.Number, elapsed)
 	j.end(Succeeded, "")
 	j.log.Info("deploy succeeded", "generation", gen.Number, "duration", j.q.now().Sub(began), "steps", stepTimes(j.d))
 }
@@ -137,7 +138,7 @@ func (j *job) stopped(step string) bool {
 		// that retry.
 		j.lf.Printf("== %s interrupted: flakeship is stopping; the deploy is retried on the next start", step)
 		j.q.log.Warn("deploy left for a retry on the next start", "target", j.d.Target,
-			"deploy_id", j.d.ID, "sha", short(j.d.SHA), "state", j.d.State)
+			"deploy_id", j.d.ID, "sha", forge.ShortSHA(j.d.SHA), "state", j.d.State)
 	case cause != nil:
 		j.lf.Printf("== %s stopped: %v", step, cause)
 		j.end(Failed, fmt.Sprintf("%s: %v", step, cause))
@@ -176,21 +177,21 @@ func (j *job) guard(checkout builder.Checkout) bool {
 		// go ahead, and is not retried (a failed deploy never is).
 		deployed := "deployed commit"
 		if current != nil {
-			deployed = "deployed " + short(current.SHA)
+			deployed = "deployed " + forge.ShortSHA(current.SHA)
 		}
-		msg := fmt.Sprintf("cannot tell whether %s is older than the %s: %v; not deploying it", short(d.SHA), deployed, err)
+		msg := fmt.Sprintf("cannot tell whether %s is older than the %s: %v; not deploying it", forge.ShortSHA(d.SHA), deployed, err)
 		j.lf.Printf("== %s", msg)
 		j.log.Error("replay guard undecided: deploy refused", "err", err)
 		j.q.sched.edit(func() {
-			d.statusText = fmt.Sprintf("Not deployed: cannot tell whether %s is older than the %s", short(d.SHA), deployed)
+			d.statusText = fmt.Sprintf("Not deployed: cannot tell whether %s is older than the %s", forge.ShortSHA(d.SHA), deployed)
 		})
 		j.end(Failed, msg)
 		return false
 	}
 	if stale {
-		j.q.sched.edit(func() { d.statusText = "Superseded by " + short(current.SHA) })
+		j.q.sched.edit(func() { d.statusText = "Superseded by " + forge.ShortSHA(current.SHA) })
 		j.end(Superseded, fmt.Sprintf("%s is deployed already, and %s is not newer than it: not deployed again",
-			short(current.SHA), short(d.SHA)))
+			forge.ShortSHA(current.SHA), forge.ShortSHA(d.SHA)))
 		return false
 	}
 	return true
@@ -263,7 +264,7 @@ func (q *Queue) stale(ctx context.Context, d *Deploy, c builder.Checkout, lf *lo
 		return nil, false, nil
 	}
 	if current.SHA == d.SHA {
-		lf.Printf("== %s was deployed already (deploy %d): not deploying it again", short(d.SHA), current.ID)
+		lf.Printf("== %s was deployed already (deploy %d): not deploying it again", forge.ShortSHA(d.SHA), current.ID)
 		return current, true, nil
 	}
 	older, err := q.tools.fetcher.IsAncestor(ctx, c, d.SHA, current.SHA)
@@ -275,15 +276,15 @@ func (q *Queue) stale(ctx context.Context, d *Deploy, c builder.Checkout, lf *lo
 	}
 	onBranch, err := q.tools.fetcher.IsAncestor(ctx, c, current.SHA, c.Head)
 	if err != nil {
-		return current, false, fmt.Errorf("is %s still on %s: %w", short(current.SHA), d.Branch, err)
+		return current, false, fmt.Errorf("is %s still on %s: %w", forge.ShortSHA(current.SHA), d.Branch, err)
 	}
 	if !onBranch {
 		lf.Printf("== %s is older than the deployed %s, but the branch no longer holds %s: deploying it",
-			short(d.SHA), short(current.SHA), short(current.SHA))
+			forge.ShortSHA(d.SHA), forge.ShortSHA(current.SHA), forge.ShortSHA(current.SHA))
 		return nil, false, nil
 	}
 	lf.Printf("== %s is older than the deployed %s, which is still on %s: not deploying it",
-		short(d.SHA), short(current.SHA), d.Branch)
+		forge.ShortSHA(d.SHA), forge.ShortSHA(current.SHA), d.Branch)
 	return current, true, nil
 }
 
@@ -309,7 +310,7 @@ func (j *job) rollback(ctx context.Context, sw builder.Switcher, prev builder.Ge
 	j.q.sched.edit(func() {
 		d.Generation = prev.Number
 		if err == nil && last.Generation == prev.Number {
-			d.statusText = "Unhealthy, rolled back to " + short(last.SHA)
+			d.statusText = "Unhealthy, rolled back to " + forge.ShortSHA(last.SHA)
 		}
 	})
 	j.end(RolledBack, fmt.Sprintf("unhealthy: %v; rolled back to generation %d", cause, prev.Number))
@@ -326,7 +327,7 @@ func (j *job) runRollback() {
 	if !j.step(Activating) {
 		return
 	}
-	lf.Printf("== rolling back to generation %d (%s), deployed from %s", to.Number, to.OutPath, short(d.SHA))
+	lf.Printf("== rolling back to generation %d (%s), deployed from %s", to.Number, to.OutPath, forge.ShortSHA(d.SHA))
 	sw, err := j.q.tools.switcher(j.spec)
 	if err != nil {
 		lf.Printf("== activation failed: %v", err)
@@ -355,7 +356,7 @@ func (j *job) runRollback() {
 		j.rollback(ctx, sw, cur, true, err)
 		return
 	}
-	lf.Printf("== rolled back to generation %d (%s)", to.Number, short(d.SHA))
+	lf.Printf("== rolled back to generation %d (%s)", to.Number, forge.ShortSHA(d.SHA))
 	j.end(Succeeded, "")
 }
 

@@ -231,7 +231,7 @@ func (ss *statusSender) postWaiting(ctx context.Context) (wait time.Duration, fo
 		q.tries++
 		age := ss.now().Sub(q.since)
 		wait, forgeAsked, again := ss.policy.next(err, q.tries, age)
-		log := ss.log.With("repo", q.status.Repo, "sha", short(q.status.SHA), "state", q.status.State,
+		log := ss.log.With("repo", q.status.Repo, "sha", forge.ShortSHA(q.status.SHA), "state", q.status.State,
 			"attempt", q.tries, "err", err)
 		if again {
 			log.Warn("commit status not delivered, will retry", "retry_in", wait)
@@ -277,12 +277,4 @@ func (ss *statusSender) flush(ctx context.Context) error {
 		_, left := ss.state()
 		return fmt.Errorf("flush commit statuses: %d not posted: %w", left, ctx.Err())
 	}
-}
-
-// short is the 7-character display form of a commit id.
-func short(sha string) string {
-	if len(sha) > 7 {
-		return sha[:7]
-	}
-	return sha
 }

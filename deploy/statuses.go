@@ -127,7 +127,7 @@ func (s *statuses) resend(ctx context.Context, fill func(*Deploy)) error {
 		}
 		fill(d)
 		s.log.Info("posting a commit status owed since the last stop", "target", d.Target,
-			"deploy_id", d.ID, "sha", short(d.SHA), "state", d.State)
+			"deploy_id", d.ID, "sha", forge.ShortSHA(d.SHA), "state", d.State)
 		s.notify(d)
 	}
 	return nil
@@ -138,7 +138,7 @@ func describe(d *Deploy) string {
 	if d.statusText != "" && d.State.Terminal() {
 		return d.statusText
 	}
-	sha := short(d.SHA)
+	sha := forge.ShortSHA(d.SHA)
 	switch d.State {
 	case Queued:
 		return "Queued for deploy"

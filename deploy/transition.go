@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/flakeship/flakeship/forge"
 )
 
 // changed returns a copy of d moved to state to, with the one-line error
@@ -71,7 +73,7 @@ func (q *Queue) announce(d *Deploy, from State, post bool) {
 		q.statuses.notify(d)
 	}
 	q.streams.wake(d.ID)
-	q.log.Info("deploy state changed", "target", d.Target, "deploy_id", d.ID, "sha", short(d.SHA),
+	q.log.Info("deploy state changed", "target", d.Target, "deploy_id", d.ID, "sha", forge.ShortSHA(d.SHA),
 		"from", from, "state", d.State)
 	if q.observer != nil {
 		q.observer.Transition(d, from)

@@ -61,3 +61,12 @@ type Status struct {
 	TargetURL   string // link to the deploy page
 	State       CommitState
 }
+
+// ShortSHA is the 7-character display form of a commit id (the whole of a
+// shorter one).
+func ShortSHA(sha string) string {
+	if len(sha) > 7 {
+		return sha[:7]
+	}
+	return sha
+}

@@ -119,7 +119,7 @@ func (p *poster) post(ctx context.Context, s forge.Status) error {
 	if err := config.ValidateSHA(s.SHA); err != nil {
 		return &invalidError{fmt.Errorf("%s: sha: %w", op, err)}
 	}
-	op += "@" + short(s.SHA)
+	op += "@" + forge.ShortSHA(s.SHA)
 	switch s.State {
 	case forge.Pending, forge.Success, forge.Failure, forge.Error:
 	default:
@@ -132,7 +132,7 @@ func (p *poster) post(ctx context.Context, s forge.Status) error {
 
 	start := time.Now()
 	err := p.scrub(p.send(ctx, s))
-	p.log.Debug("commit status request", "forge", p.forge, "repo", s.Repo, "sha", short(s.SHA),
+	p.log.Debug("commit status request", "forge", p.forge, "repo", s.Repo, "sha", forge.ShortSHA(s.SHA),
 		"state", string(s.State), "duration", time.Since(start), "err", err)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
@@ -168,14 +168,6 @@ func (p *poster) scrub(err error) error {
 type scrubbedError struct{ msg string }
 
 func (e *scrubbedError) Error() string { return e.msg }
-
-// short is the 7-character display form of a commit id.
-func short(sha string) string {
-	if len(sha) > 7 {
-		return sha[:7]
-	}
-	return sha
-}
 
 // clipDescription makes d one line of at most maxDescription characters,
 // ending in "…" when something was cut.

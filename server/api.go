@@ -14,6 +14,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/flakeship/flakeship/deploy"
+	"github.com/flakeship/flakeship/forge"
 )
 
 // manualTimeout bounds queueing a manual deploy: a deploy of a branch head
@@ -58,7 +59,7 @@ func (s *Server) deployTarget(c *fiber.Ctx) error {
 	if err != nil {
 		return s.writeError(c, s.log.With("target", name), err)
 	}
-	s.log.Info("manual deploy queued", "target", name, "deploy_id", d.ID, "sha", short(d.SHA),
+	s.log.Info("manual deploy queued", "target", name, "deploy_id", d.ID, "sha", forge.ShortSHA(d.SHA),
 		"ref", clip(req.Ref), "client", s.clientIP(c))
 	return c.Status(fiber.StatusAccepted).JSON(queuedAnswer(d))
 }
@@ -76,7 +77,7 @@ func (s *Server) rollbackTarget(c *fiber.Ctx) error {
 	if err != nil {
 		return s.writeError(c, s.log.With("target", name), err)
 	}
-	s.log.Info("rollback queued", "target", name, "deploy_id", d.ID, "sha", short(d.SHA), "client", s.clientIP(c))
+	s.log.Info("rollback queued", "target", name, "deploy_id", d.ID, "sha", forge.ShortSHA(d.SHA), "client", s.clientIP(c))
 	return c.Status(fiber.StatusAccepted).JSON(queuedAnswer(d))
 }
 

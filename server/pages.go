@@ -18,6 +18,7 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/filesystem"
 
 	"github.com/flakeship/flakeship/deploy"
+	"github.com/flakeship/flakeship/forge"
 )
 
 // The HTML pages: / lists the targets and recent deploys, /deploys/{id}
@@ -199,7 +200,7 @@ type deployRow struct {
 
 func rowOf(d *deploy.Deploy, now time.Time) deployRow {
 	return deployRow{
-		ID: d.ID, Target: d.Target, SHA: d.SHA, Short: short(d.SHA), Trigger: d.Trigger, State: d.State,
+		ID: d.ID, Target: d.Target, SHA: d.SHA, Short: forge.ShortSHA(d.SHA), Trigger: d.Trigger, State: d.State,
 		Created: stampOf(&d.CreatedAt, now), Duration: durationOf(d, now),
 	}
 }
@@ -235,7 +236,7 @@ func (s *Server) indexPage(c *fiber.Ctx) error {
 	for _, t := range targets {
 		row := targetRow{
 			Name: t.Name, Repo: t.Repo, Branch: t.Branch,
-			CurrentSHA: t.CurrentSHA, CurrentShort: short(t.CurrentSHA), Generation: t.Generation,
+			CurrentSHA: t.CurrentSHA, CurrentShort: forge.ShortSHA(t.CurrentSHA), Generation: t.Generation,
 		}
 		if t.LastDeploy != nil {
 			last := rowOf(t.LastDeploy, now)
@@ -296,7 +297,7 @@ func (s *Server) deployPage(c *fiber.Ctx) error {
 	now := s.now()
 	tail := &logTail{limit: pageLogLimit}
 	body := deployPage{
-		D: d, Short: short(d.SHA),
+		D: d, Short: forge.ShortSHA(d.SHA),
 		Created: stampOf(&d.CreatedAt, now), Started: stampOf(d.StartedAt, now), Finished: stampOf(d.FinishedAt, now),
 		Duration:    durationOf(d, now),
 		Active:      !d.State.Terminal(),
@@ -320,7 +321,7 @@ func (s *Server) deployPage(c *fiber.Ctx) error {
 	}
 	body.Log, body.LogOmitted = tail.text()
 	body.EventsURL = fmt.Sprintf("/deploys/%d/events?offset=%d", id, tail.total)
-	title := fmt.Sprintf("Deploy %d: %s %s", id, d.Target, short(d.SHA))
+	title := fmt.Sprintf("Deploy %d: %s %s", id, d.Target, forge.ShortSHA(d.SHA))
 	return s.render(c, http.StatusOK, "deploy.html", s.base(c, s.sessionOf(c), title), body)
 }
 
@@ -390,7 +391,7 @@ func (s *Server) pageRedeploy(c *fiber.Ctx) error {
 		return s.pageError(c, err)
 	}
 	s.log.Info("redeploy requested from the page", "target", d.Target, "deploy_id", nd.ID,
-		"sha", short(d.SHA), "of_deploy", id)
+		"sha", forge.ShortSHA(d.SHA), "of_deploy", id)
 	return c.Redirect(fmt.Sprintf("/deploys/%d", nd.ID), http.StatusSeeOther)
 }
 
@@ -432,6 +433,6 @@ func (s *Server) pageRollback(c *fiber.Ctx) error {
 	if err != nil {
 		return s.pageError(c, err)
 	}
-	s.log.Info("rollback requested from the page", "target", name, "deploy_id", d.ID, "sha", short(d.SHA))
+	s.log.Info("rollback requested from the page", "target", name, "deploy_id", d.ID, "sha", forge.ShortSHA(d.SHA))
 	return c.Redirect(fmt.Sprintf("/deploys/%d", d.ID), http.StatusSeeOther)
 }

@@ -180,14 +180,6 @@ func validRepo(repo string) (string, error) {
 	return repo, nil
 }
 
-// short is the 7-character display form of a sha.
-func short(sha string) string {
-	if len(sha) > 7 {
-		return sha[:7]
-	}
-	return sha
-}
-
 // clip shortens untrusted input before it is quoted in an answer or a log.
 func clip(s string) string {
 	if len(s) > 64 {

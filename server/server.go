@@ -320,7 +320,7 @@ func (s *Server) handleHook(c *fiber.Ctx, f *hookForge) error {
 	if err != nil {
 		return s.refuse(c, log, err)
 	}
-	log.add(slog.String("branch", ev.Branch), slog.String("sha", short(ev.SHA)))
+	log.add(slog.String("branch", ev.Branch), slog.String("sha", forge.ShortSHA(ev.SHA)))
 	var deploying []config.Target
 	for _, t := range verified {
 		if t.Branch == ev.Branch {
