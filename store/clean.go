@@ -81,30 +81,31 @@ func closedCleanly(path string) (bool, error) {
 }
 
 // markClean records that the database at path was closed cleanly, once its
-// last connection is closed. With a WAL left behind (another program holds
-// the database open) it records nothing: the next Open checks the file.
-func markClean(path string) error {
+// last connection is closed, and reports whether it did. With a WAL left
+// behind (a connection still open) it records nothing: the next Open
+// checks the file.
+func markClean(path string) (bool, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return fmt.Errorf("record clean stop: %w", err)
+		return false, fmt.Errorf("record clean stop: %w", err)
 	}
 	if _, err := os.Lstat(path + "-wal"); !errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return false, nil
 	}
 	// Where the file system's clock is coarse, a write within the same tick
 	// as the close would keep the modification time. A time one nanosecond
 	// before the last write is one no later write can give the file.
 	if err := os.Chtimes(path, time.Time{}, fi.ModTime().Add(-time.Nanosecond)); err != nil {
-		return fmt.Errorf("record clean stop: %w", err)
+		return false, fmt.Errorf("record clean stop: %w", err)
 	}
 	desc, err := describe(path)
 	if err != nil {
-		return fmt.Errorf("record clean stop: describe database file: %w", err)
+		return false, fmt.Errorf("record clean stop: describe database file: %w", err)
 	}
 	if err := writeDurably(path+cleanSuffix, []byte(desc)); err != nil {
-		return fmt.Errorf("record clean stop: %w", err)
+		return false, fmt.Errorf("record clean stop: %w", err)
 	}
-	return nil
+	return true, nil
 }
 
 // unmarkClean removes the clean-stop record of the database at path, if

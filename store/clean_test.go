@@ -277,3 +277,26 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+func TestCloseRecordsNoCleanStopWhileAnotherConnectionIsOpen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flakeship.db")
+	var logs bytes.Buffer
+	s, err := Open(context.Background(), path, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	create(t, s, newDeploy("app", 1))
+	// Another program reading the database keeps the WAL open.
+	other := rawDB(t, path)
+	var n int
+	if err := other.QueryRow("SELECT count(*) FROM deploys").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("the other connection counted %d deploys, %v", n, err)
+	}
+	closeStore(t, s)
+	if _, err := os.Stat(path + cleanSuffix); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a clean stop was recorded with the WAL still open: %v", err)
+	}
+	if !strings.Contains(logs.String(), `level=WARN msg="store closed with its WAL still open: the next start checks the whole file"`) {
+		t.Errorf("no warning that the next start checks the whole file in:\n%s", logs.String())
+	}
+}

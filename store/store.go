@@ -54,6 +54,7 @@ const readConns = 4
 type Store struct {
 	path string
 	abs  string // path made absolute, for the clean-stop record at Close
+	log  *slog.Logger
 	// write has one connection: write transactions wait for it in
 	// database/sql rather than poll SQLite's lock under busy_timeout, and
 	// the process never races itself for the write lock. Code inside a
@@ -140,7 +141,7 @@ func Open(ctx context.Context, path string, log *slog.Logger) (*Store, error) {
 		return nil, errors.Join(fmt.Errorf("store %s: %w", path, err), read.Close(), write.Close())
 	}
 	log.Info("store opened", "schema_version", to, "checked", !clean)
-	return &Store{path: path, abs: abs, write: write, read: read, stmts: stmts}, nil
+	return &Store{path: path, abs: abs, log: log, write: write, read: read, stmts: stmts}, nil
 }
 
 // Close closes the store and, when every connection closed without an
@@ -152,7 +153,10 @@ func (s *Store) Close() error {
 		// into the database file.
 		err := errors.Join(s.stmts.close(), s.read.Close(), s.write.Close())
 		if err == nil {
-			err = markClean(s.abs)
+			var marked bool
+			if marked, err = markClean(s.abs); err == nil && !marked {
+				s.log.Warn("store closed with its WAL still open: the next start checks the whole file")
+			}
 		}
 		if err != nil {
 			s.closeErr = fmt.Errorf("store %s: close: %w", s.path, err)
