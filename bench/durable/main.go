@@ -165,12 +165,16 @@ type committer struct {
 	stored, commits int
 }
 
-// openCommitter opens (creating) the database at path with one connection
+// openCommitter opens (creating it and its directory) the database at path
+// with one connection
 // in WAL mode with synchronous=FULL, as flakeship's store does.
 func openCommitter(ctx context.Context, path string) (*committer, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
+		return nil, fmt.Errorf("create directory of %s: %w", path, err)
 	}
 	dsn := "file:" + (&url.URL{Path: abs}).EscapedPath() +
 		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_txlock=immediate"
