@@ -963,6 +963,21 @@ func TestOpenRefusesADamagedFile(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, "not a database"},
+		// Even a clean-stop record that matches lets no such file through:
+		// the schema version is read at every open.
+		{"a file that is not a database, with a clean-stop record that matches it", func(t *testing.T, path string) {
+			text := bytes.Repeat([]byte("not a database\n"), 1000)
+			if err := os.WriteFile(path, text, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			desc, err := describe(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path+cleanSuffix, []byte(desc), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, "not a database"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
