@@ -37,21 +37,20 @@ for i in $(seq "$runs"); do
 		FLAKESHIP_TARGET_APP_ACTIVATE=none "FLAKESHIP_TARGET_APP_WEBHOOK_SECRET_FILE=$tmp/secret" \
 		"$bin" 2>"$log" &
 	pid=$!
-	line=""
-	for _ in $(seq 600000); do
-		line=$(grep -m1 'listening" addr=' "$log" || true)
-		[ -n "$line" ] && break
+	# Up to 10 minutes: a whole-file check of a big store takes a while.
+	deadline=$((SECONDS + 600))
+	while ! line=$(grep -m1 'listening" addr=' "$log"); do
 		if ! kill -0 "$pid" 2>/dev/null; then
 			echo "bench/startup.sh: $bin exited before listening:" >&2
 			cat "$log" >&2
 			exit 1
 		fi
+		if [ "$SECONDS" -ge "$deadline" ]; then
+			echo "bench/startup.sh: $bin did not listen within 10 minutes" >&2
+			exit 1
+		fi
 		sleep 0.001
 	done
-	if [ -z "$line" ]; then
-		echo "bench/startup.sh: $bin did not listen" >&2
-		exit 1
-	fi
 	addr=$(sed -n 's/.* addr=\([^ ]*\).*/\1/p' <<<"$line")
 	t1=$(date -d "$(sed -n 's/^time=\([^ ]*\) .*/\1/p' <<<"$line")" +%s%N)
 	until curl -fsS -o /dev/null "http://$addr/healthz"; do
