@@ -907,6 +907,9 @@ func TestOpenRefusesADamagedFile(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if keepTime {
+			waitForTheClockToPass(t, path)
+		}
 		b, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
