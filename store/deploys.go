@@ -467,11 +467,17 @@ func (s *Store) MarkStatusPosted(ctx context.Context, id int64) error {
 	return nil
 }
 
+// unpostedQuery selects the deploys that owe a status, finished at or after
+// its argument. Without statistics SQLite would rather walk the whole table
+// in id order than sort the few rows of the partial index: seconds at start-up
+// on a store of a million deploys. INDEXED BY holds it to the index.
+const unpostedQuery = `SELECT ` + deployColumns + ` FROM deploys INDEXED BY deploys_unposted
+	WHERE status_posted = 0 AND finished_at >= ? ORDER BY id`
+
 // Unposted returns the finished deploys, finished at or after since, whose
 // final commit status is not marked posted, oldest first.
 func (s *Store) Unposted(ctx context.Context, since time.Time) ([]*deploy.Deploy, error) {
-	ds, err := s.query(ctx, `SELECT `+deployColumns+` FROM deploys
-		WHERE status_posted = 0 AND finished_at >= ? ORDER BY id`, formatTime(since))
+	ds, err := s.query(ctx, unpostedQuery, formatTime(since))
 	if err != nil {
 		return nil, fmt.Errorf("store: list deploys with unposted statuses: %w", err)
 	}

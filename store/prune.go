@@ -15,8 +15,9 @@ import (
 // Before it commits it calls gone, if not nil, with the ids it deleted, so
 // that what lives beside the store (the deploys' logs) goes first: a crash
 // in between leaves a deploy without its log, never a log without its
-// deploy. It returns the ids deleted; fewer than r.Limit means none is left
-// to delete now.
+// deploy; a ctx cancelled once gone was called does not undo the deletes.
+// It returns the ids deleted; fewer than r.Limit means none is left to
+// delete now.
 func (s *Store) Prune(ctx context.Context, r deploy.PruneRule, gone func(ids []int64)) ([]int64, error) {
 	ids, err := s.prune(ctx, r, gone)
 	if err != nil {
@@ -32,7 +33,16 @@ func (s *Store) prune(ctx context.Context, r deploy.PruneRule, gone func(ids []i
 	if r.Keep < 0 {
 		return nil, errors.New("keep must not be negative")
 	}
-	tx, err := s.write.BeginTx(ctx, nil)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// The transaction is not bound to ctx, its statements are: a cancelled
+	// ctx (a stop while pruning) stops the statement at once, and the
+	// deferred Rollback ends the transaction before Prune returns. Bound to
+	// ctx, database/sql would roll it back from a goroutine of its own and
+	// give the writer back later, after Close even, which would then find
+	// the WAL still open and could not record a clean stop.
+	tx, err := s.write.BeginTx(context.WithoutCancel(ctx), nil)
 	if err != nil {
 		return nil, err
 	}

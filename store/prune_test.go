@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"testing"
@@ -213,5 +215,40 @@ func TestPruneChecksItsRule(t *testing.T) {
 	cancel()
 	if _, err := s.Prune(ctx, deploy.PruneRule{Limit: 1}, nil); !errors.Is(err, context.Canceled) {
 		t.Errorf("prune with a cancelled context: %v", err)
+	}
+}
+
+func TestAStopWhilePruningCommitsWhatItToldAndLeavesNothingOpen(t *testing.T) {
+	dir := t.TempDir()
+	// Rounds, because a transaction bound to a cancelled context is ended
+	// by a goroutine of database/sql's, sometimes before Close.
+	for round := range 20 {
+		path := filepath.Join(dir, fmt.Sprint(round), "flakeship.db")
+		s, err := Open(context.Background(), path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var made []int64
+		for i := range 3 {
+			made = append(made, ended(t, s, "app", deploy.Succeeded, longAgo.Add(time.Duration(i)*time.Minute), "", nil).ID)
+		}
+		// The stop comes while Prune is in its transaction: after the
+		// deletes and after gone removed their logs, before the commit.
+		// The deploys whose logs went must go too.
+		ctx, stop := context.WithCancel(context.Background())
+		ids, err := s.Prune(ctx, deploy.PruneRule{Keep: 1, Before: pruneNow, Limit: 100}, func([]int64) { stop() })
+		stop()
+		if err != nil || !slices.Equal(ids, made[:2]) {
+			t.Fatalf("round %d: Prune stopped after telling = %v, %v; want %v, no error", round, ids, err, made[:2])
+		}
+		if got := storedIDs(t, s, "app"); !slices.Equal(got, made[2:]) {
+			t.Fatalf("round %d: deploys %v stored after the prune, want %v", round, got, made[2:])
+		}
+		if err := s.Close(); err != nil {
+			t.Fatalf("round %d: close: %v", round, err)
+		}
+		if _, err := os.Stat(path + cleanSuffix); err != nil {
+			t.Fatalf("round %d: a stop while pruning left no clean-stop record: %v", round, err)
+		}
 	}
 }

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,5 +51,51 @@ func TestUnpostedListsFinishedDeploysUntilMarked(t *testing.T) {
 	}
 	if err := s.MarkStatusPosted(ctx, 999); !errors.Is(err, deploy.ErrNotFound) {
 		t.Errorf("marking an unknown deploy: %v, want ErrNotFound", err)
+	}
+}
+
+func TestUnpostedSearchesItsIndexAndListsByID(t *testing.T) {
+	s := newTestStore(t)
+	ctx := context.Background()
+	rows, err := s.read.QueryContext(ctx, "EXPLAIN QUERY PLAN "+unpostedQuery, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("plan of Unposted: %q", plan)
+	if len(plan) == 0 || !strings.HasPrefix(plan[0], "SEARCH deploys USING INDEX deploys_unposted") {
+		t.Errorf("Unposted's plan %q, want a search of deploys_unposted: a scan reads every deploy at start-up", plan)
+	}
+
+	// Finished in the opposite order of their ids: still listed by id.
+	t0 := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	var want []int64
+	for i := range 3 {
+		d := create(t, s, newDeploy("app", i))
+		if err := d.Advance(deploy.Superseded, t0.Add(-time.Duration(i)*time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Update(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, d.ID)
+	}
+	got, err := s.Unposted(ctx, t0.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ids(got), want) {
+		t.Errorf("Unposted = %v, want %v", ids(got), want)
 	}
 }

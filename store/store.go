@@ -53,6 +53,8 @@ const readConns = 4
 // Store is deploy.Store on a SQLite file. It is safe for concurrent use.
 type Store struct {
 	path string
+	abs  string // path made absolute, for the clean-stop record at Close
+	log  *slog.Logger
 	// write has one connection: write transactions wait for it in
 	// database/sql rather than poll SQLite's lock under busy_timeout, and
 	// the process never races itself for the write lock. Code inside a
@@ -75,7 +77,10 @@ type Store struct {
 // Open opens the store at path, creating the file (0600) and its directory
 // (0700) if they are missing, and migrates its schema to the newest this
 // binary knows. It refuses a damaged file, and a file from a newer
-// flakeship, without changing either. A nil log discards log records.
+// flakeship, without changing either. It checks the whole file (PRAGMA
+// quick_check) unless Close closed it cleanly and nothing changed it since
+// (clean.go), so that a start after a clean stop takes the same time
+// however long the history. A nil log discards log records.
 func Open(ctx context.Context, path string, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -91,8 +96,21 @@ func Open(ctx context.Context, path string, log *slog.Logger) (*Store, error) {
 	if err := createFile(abs); err != nil {
 		return nil, fmt.Errorf("store %s: %w", path, err)
 	}
-	if err := check(ctx, path, abs, len(migrations)); err != nil {
+	clean, err := closedCleanly(abs)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	log = log.With("path", path)
+	if !clean {
+		log.Info("store not known to be closed cleanly: checking the whole file")
+	}
+	if err := check(ctx, path, abs, len(migrations), !clean); err != nil {
 		return nil, err
+	}
+	// From here on the file may change: the next Open checks it whole
+	// unless this store is closed cleanly.
+	if err := unmarkClean(abs); err != nil {
+		return nil, fmt.Errorf("store %s: %w", path, err)
 	}
 
 	write, err := sql.Open("sqlite", dsn(abs, writeParams))
@@ -115,7 +133,6 @@ func Open(ctx context.Context, path string, log *slog.Logger) (*Store, error) {
 	read.SetMaxOpenConns(readConns)
 	read.SetMaxIdleConns(readConns)
 
-	log = log.With("path", path)
 	if from != to {
 		log.Info("store schema migrated", "from", from, "to", to)
 	}
@@ -123,16 +140,25 @@ func Open(ctx context.Context, path string, log *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("store %s: %w", path, err), read.Close(), write.Close())
 	}
-	log.Info("store opened", "schema_version", to)
-	return &Store{path: path, write: write, read: read, stmts: stmts}, nil
+	log.Info("store opened", "schema_version", to, "checked", !clean)
+	return &Store{path: path, abs: abs, log: log, write: write, read: read, stmts: stmts}, nil
 }
 
-// Close closes the store; it is safe to call more than once.
+// Close closes the store and, when every connection closed without an
+// error, records the clean stop that lets the next Open skip the whole-file
+// check. It is safe to call more than once.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		// The writer last: the last connection to close checkpoints the WAL
 		// into the database file.
-		if err := errors.Join(s.stmts.close(), s.read.Close(), s.write.Close()); err != nil {
+		err := errors.Join(s.stmts.close(), s.read.Close(), s.write.Close())
+		if err == nil {
+			var marked bool
+			if marked, err = markClean(s.abs); err == nil && !marked {
+				s.log.Warn("store closed with its WAL still open: the next start checks the whole file")
+			}
+		}
+		if err != nil {
 			s.closeErr = fmt.Errorf("store %s: close: %w", s.path, err)
 		}
 	})
@@ -210,11 +236,11 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// check makes sure the file at abs (named path to the user) is a sound
-// SQLite database whose schema is not newer than newest, before anything
-// writes to it: its connection only reads and sets no journal mode, so a
-// file it refuses is left as it was.
-func check(ctx context.Context, path, abs string, newest int) (err error) {
+// check makes sure the file at abs (named path to the user) is a SQLite
+// database whose schema is not newer than newest, and with whole sound
+// (quick_check), before anything writes to it: its connection only reads
+// and sets no journal mode, so a file it refuses is left as it was.
+func check(ctx context.Context, path, abs string, newest int, whole bool) (err error) {
 	db, err := sql.Open("sqlite", dsn(abs, checkParams))
 	if err != nil {
 		return fmt.Errorf("store %s: %w", path, err)
@@ -226,19 +252,24 @@ func check(ctx context.Context, path, abs string, newest int) (err error) {
 		}
 	}()
 
-	problems, err := quickCheck(ctx, db)
-	if err != nil {
-		if code := sqliteCode(err); code == sqlite3.SQLITE_CORRUPT || code == sqlite3.SQLITE_NOTADB {
-			return &damagedError{path: path, detail: err.Error()}
+	if whole {
+		problems, err := quickCheck(ctx, db)
+		if err != nil {
+			if damaged(err) {
+				return &damagedError{path: path, detail: err.Error()}
+			}
+			return fmt.Errorf("store %s: check integrity: %w", path, err)
 		}
-		return fmt.Errorf("store %s: check integrity: %w", path, err)
-	}
-	if len(problems) != 1 || problems[0] != "ok" {
-		return &damagedError{path: path, detail: "quick_check: " + summary(problems)}
+		if len(problems) != 1 || problems[0] != "ok" {
+			return &damagedError{path: path, detail: "quick_check: " + summary(problems)}
+		}
 	}
 
 	var version int
 	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		if damaged(err) {
+			return &damagedError{path: path, detail: err.Error()}
+		}
 		return fmt.Errorf("store %s: read schema version: %w", path, err)
 	}
 	if version > newest {
@@ -275,6 +306,13 @@ func summary(problems []string) string {
 		problems = problems[:shown]
 	}
 	return strings.Join(strings.Fields(strings.Join(problems, "; ")), " ") + more
+}
+
+// damaged reports whether err is SQLite finding the file damaged or not a
+// database.
+func damaged(err error) bool {
+	code := sqliteCode(err)
+	return code == sqlite3.SQLITE_CORRUPT || code == sqlite3.SQLITE_NOTADB
 }
 
 // sqliteCode returns the primary SQLite result code of err, or 0.

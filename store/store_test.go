@@ -889,39 +889,61 @@ func TestOpenRefusesAStoreFromANewerFlakeshipAndLeavesItAlone(t *testing.T) {
 }
 
 func TestOpenRefusesADamagedFile(t *testing.T) {
+	// garbage closes a store of 300 deploys cleanly and writes garbage over
+	// pages in its middle, putting back the file's modification time if
+	// keepTime.
+	garbage := func(t *testing.T, path string, keepTime bool) {
+		s := openTestStore(t, path)
+		ds := make([]*deploy.Deploy, 300)
+		for i := range ds {
+			ds[i] = newDeploy(fmt.Sprintf("t%d", i%7), i)
+			ds[i].Message = strings.Repeat("commit message ", 60)
+		}
+		insertDeploys(t, s, ds)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		closed, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if keepTime {
+			waitForTheClockToPass(t, path)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(path + "-wal"); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("the WAL was not checkpointed on close: %v", err)
+		}
+		pageSize := int(b[16])<<8 | int(b[17])
+		pages := len(b) / pageSize
+		if pages < 20 {
+			t.Fatalf("only %d pages of %d bytes", pages, pageSize)
+		}
+		mid := pages / 2 * pageSize
+		copy(b[mid:mid+3*pageSize], bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef}, 3*pageSize/4))
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if keepTime {
+			if err := os.Chtimes(path, time.Time{}, closed.ModTime()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	tests := []struct {
 		name       string
 		setup      func(t *testing.T, path string)
 		wantDetail string
 	}{
-		{"garbage over pages in the middle", func(t *testing.T, path string) {
-			s := openTestStore(t, path)
-			ds := make([]*deploy.Deploy, 300)
-			for i := range ds {
-				ds[i] = newDeploy(fmt.Sprintf("t%d", i%7), i)
-				ds[i].Message = strings.Repeat("commit message ", 60)
-			}
-			insertDeploys(t, s, ds)
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
-			b, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := os.Stat(path + "-wal"); !errors.Is(err, os.ErrNotExist) {
-				t.Fatalf("the WAL was not checkpointed on close: %v", err)
-			}
-			pageSize := int(b[16])<<8 | int(b[17])
-			pages := len(b) / pageSize
-			if pages < 20 {
-				t.Fatalf("only %d pages of %d bytes", pages, pageSize)
-			}
-			mid := pages / 2 * pageSize
-			copy(b[mid:mid+3*pageSize], bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef}, 3*pageSize/4))
-			if err := os.WriteFile(path, b, 0o600); err != nil {
-				t.Fatal(err)
-			}
+		{"garbage over pages in the middle", func(t *testing.T, path string) { garbage(t, path, false) }, "malformed"},
+		// After a clean close Open checks only a file that changed since;
+		// the change time tells even when the modification time is put
+		// back.
+		{"garbage over pages in the middle, the modification time put back", func(t *testing.T, path string) {
+			garbage(t, path, true)
 		}, "malformed"},
 		{"a wrong free page count in the header", func(t *testing.T, path string) {
 			s := openTestStore(t, path)
@@ -941,6 +963,21 @@ func TestOpenRefusesADamagedFile(t *testing.T) {
 		{"a file that is not a database", func(t *testing.T, path string) {
 			text := bytes.Repeat([]byte("not a database\n"), 1000)
 			if err := os.WriteFile(path, text, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, "not a database"},
+		// Even a clean-stop record that matches lets no such file through:
+		// the schema version is read at every open.
+		{"a file that is not a database, with a clean-stop record that matches it", func(t *testing.T, path string) {
+			text := bytes.Repeat([]byte("not a database\n"), 1000)
+			if err := os.WriteFile(path, text, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			desc, err := describe(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path+cleanSuffix, []byte(desc), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}, "not a database"},
