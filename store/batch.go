@@ -78,7 +78,7 @@ func (b *batchTx) Create(ctx context.Context, d *deploy.Deploy) error {
 		err = fmt.Errorf("stored as deploy %d, not %d as planned", id, want)
 	}
 	if err != nil {
-		return fmt.Errorf("store: create deploy of %s@%s: %w", d.Target, short(d.SHA), err)
+		return fmt.Errorf("store: create deploy of %s@%s: %w", d.Target, forge.ShortSHA(d.SHA), err)
 	}
 	d.ID = id
 	b.created = append(b.created, d)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/flakeship/flakeship/deploy"
+	"github.com/flakeship/flakeship/forge"
 )
 
 // List limits (deploy.Filter.Limit).
@@ -58,7 +59,7 @@ const (
 // stored deploys.
 func (s *Store) Create(ctx context.Context, d *deploy.Deploy) error {
 	if err := s.create(ctx, d); err != nil {
-		return fmt.Errorf("store: create deploy of %s@%s: %w", d.Target, short(d.SHA), err)
+		return fmt.Errorf("store: create deploy of %s@%s: %w", d.Target, forge.ShortSHA(d.SHA), err)
 	}
 	return nil
 }
@@ -440,14 +441,6 @@ func int64Ptr(p *int64) any {
 		return nil
 	}
 	return *p
-}
-
-// short is the display form of a commit sha.
-func short(sha string) string {
-	if len(sha) > 7 {
-		return sha[:7]
-	}
-	return sha
 }
 
 // MarkStatusPosted records that the final commit status of deploy id reached
