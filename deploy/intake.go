@@ -195,16 +195,9 @@ func (q *Queue) commitBatch(batch []*submission) {
 		}
 		return
 	}
-	q.queueCommitted(created, plan, held)
+	q.queueCommitted(batch, created, plan, held)
 	for _, sub := range batch {
-		switch {
-		case !sub.duplicate:
-			out := *sub.deploy
-			sub.out = &out
-		case sub.sameAs != nil:
-			out := *sub.sameAs.deploy
-			sub.out = &out
-		default:
+		if sub.out == nil {
 			sub.out, sub.err = q.firstOfDelivery(ctx, sub.deploy.ID)
 		}
 	}
@@ -213,7 +206,12 @@ func (q *Queue) commitBatch(batch []*submission) {
 // queueCommitted makes the committed new deploys wait (the newest of each
 // target), applies and announces the supersessions, and dispatches. Each new
 // deploy's queued status is posted before any runner can take it up.
-func (q *Queue) queueCommitted(created []*submission, plan []supersession, held map[string]*Deploy) {
+//
+// The answer of each submission is copied from its deploy under the
+// scheduler's lock, as applied (a deploy the batch superseded answers
+// superseded), before a runner can change it; a redelivery of a deploy
+// stored before the batch is left to the caller (out stays nil).
+func (q *Queue) queueCommitted(batch, created []*submission, plan []supersession, held map[string]*Deploy) {
 	for _, sub := range created {
 		d := sub.deploy
 		q.log.Info("deploy queued", "target", d.Target, "deploy_id", d.ID, "sha", forge.ShortSHA(d.SHA),
@@ -237,6 +235,16 @@ func (q *Queue) queueCommitted(created []*submission, plan []supersession, held 
 	}
 	s.releaseLocked(held)
 	q.observeWaitingLocked()
+	for _, sub := range batch {
+		switch {
+		case !sub.duplicate:
+			out := *sub.deploy
+			sub.out = &out
+		case sub.sameAs != nil:
+			out := *sub.sameAs.deploy
+			sub.out = &out
+		}
+	}
 	s.mu.Unlock()
 	// The superseded deploys are out of every slot now: only this
 	// goroutine sees them.
