@@ -14,7 +14,7 @@
 // -metrics, flakeship's /metrics URL, it reads the histograms of the
 // intake's group commits before and after the load and prints what the
 // load's deliveries cost there: commits, submissions per commit, the time
-// the commits held the queue and its share of the load's time, and commit
+// the commits took and its share of the load's time, and commit
 // time per submission. The first -warmup requests are sent before
 // measuring.
 package main
