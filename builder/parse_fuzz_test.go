@@ -134,8 +134,14 @@ func FuzzParseHealthURL(f *testing.F) {
 		// A password that is also part of the rest of the URL cannot be
 		// told apart from it in what is shown. Whether it is shown is
 		// asked with a marker in its place: a short password ("a") may
-		// well be a letter of the message or of the mask itself.
-		secret := password != "" && strings.Count(u, password) == 1
+		// well be a letter of the message or of the mask itself. The
+		// marker goes where the password stands only if its one
+		// occurrence, overlaps counted, is the literal password after the
+		// user's colon: in "//000000:0:0@" the password "0:0" also starts
+		// inside the user name, and a percent-encoded password may match
+		// elsewhere.
+		secret := password != "" && strings.Index(u, password) == strings.LastIndex(u, password) &&
+			strings.Contains(u, ":"+password+"@")
 		const marker = "Zq7pW9xK3mMarker"
 		var markedDisplay string
 		var markedErr error
