@@ -133,9 +133,3 @@ func (f *forgejoPush) event(deliveryID string) (forge.PushEvent, error) {
 	}
 	return ev, nil
 }
-
-// parseForgejo turns a Forgejo or Gitea delivery into the push it describes,
-// in the same order and with the same errors as parseGitHub.
-func parseForgejo(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error) {
-	return forgejoHook.parse(h, body, secret)
-}

@@ -123,14 +123,3 @@ func (g *githubPush) event(deliveryID string) (forge.PushEvent, error) {
 	}
 	return ev, nil
 }
-
-// parseGitHub turns a GitHub delivery into the push it describes. It checks
-// the signature first, then the headers, then decodes and validates the
-// payload before any field is used. It returns ErrSignature, an ErrMalformed
-// or an *IgnoredError (ping, other events, tag pushes, branch deletions).
-//
-// A Forgejo delivery sent here parses too: Forgejo also sends the GitHub
-// headers and a sha256= signature, and the same payload fields.
-func parseGitHub(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error) {
-	return githubHook.parse(h, body, secret)
-}

@@ -131,29 +131,6 @@ type hookForge struct {
 	decode func(body []byte) (pushPayload, error)
 }
 
-// parse turns a delivery into the push it describes with one secret: it
-// checks the signature first, then the headers and the event, then decodes
-// and validates the payload before any field is used. It returns
-// ErrSignature, an ErrMalformed or an *IgnoredError. The webhook handler
-// takes the same steps, decoding first to choose the secrets.
-func (f *hookForge) parse(h http.Header, body []byte, secret config.Secret) (forge.PushEvent, error) {
-	if err := f.verify(h, body, secret); err != nil {
-		return forge.PushEvent{}, err
-	}
-	event, deliveryID, err := f.headers(h)
-	if err != nil {
-		return forge.PushEvent{}, err
-	}
-	if err := f.pushes(event); err != nil {
-		return forge.PushEvent{}, err
-	}
-	p, err := f.decode(body)
-	if err != nil {
-		return forge.PushEvent{}, err
-	}
-	return p.event(deliveryID)
-}
-
 // decodeBody decodes a delivery's body into dst, one forge's push struct,
 // or returns an ErrMalformed with the decoder's one-line reason. The decoder
 // is encoding/json/v2 (go-json-experiment/json): it validates the whole
