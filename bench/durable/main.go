@@ -17,10 +17,7 @@ package main
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"database/sql"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,6 +32,8 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+
+	"github.com/flakeship/flakeship/bench/floorhttp"
 	_ "modernc.org/sqlite"
 )
 
@@ -76,12 +75,9 @@ func run(ctx context.Context, o options, log *slog.Logger, ready chan<- net.Addr
 	if o.secretFile == "" || o.db == "" {
 		return errors.New("-secret-file and -db are required")
 	}
-	secret, err := os.ReadFile(o.secretFile)
+	secret, err := floorhttp.Secret(o.secretFile)
 	if err != nil {
-		return fmt.Errorf("read secret: %w", err)
-	}
-	if len(secret) == 0 {
-		return errors.New("the secret file is empty")
+		return err
 	}
 	c, err := openCommitter(ctx, o.db)
 	if err != nil {
@@ -90,17 +86,9 @@ func run(ctx context.Context, o options, log *slog.Logger, ready chan<- net.Addr
 	committed := make(chan error, 1)
 	go func() { committed <- c.loop() }()
 
-	// The timeouts and body limit flakeship uses.
-	app := fiber.New(fiber.Config{
-		BodyLimit:                    25 << 20,
-		ReadTimeout:                  10 * time.Second,
-		WriteTimeout:                 10 * time.Second,
-		IdleTimeout:                  60 * time.Second,
-		DisableStartupMessage:        true,
-		DisablePreParseMultipartForm: true,
-	})
+	app := floorhttp.App()
 	app.Post("/hooks/github", func(fc *fiber.Ctx) error {
-		if !signed(secret, fc.Request().Body(), fc.Get("X-Hub-Signature-256")) {
+		if !floorhttp.Signed(secret, fc.Request().Body(), fc.Get("X-Hub-Signature-256")) {
 			return fc.Status(fiber.StatusUnauthorized).JSON(fiber.Map{"error": "wrong signature"})
 		}
 		id := fc.Get("X-GitHub-Delivery")
@@ -244,20 +232,4 @@ func (c *committer) commit(batch []*delivery) error {
 	c.stored += len(batch)
 	c.commits++
 	return nil
-}
-
-// signed reports whether header is "sha256=" and the hex HMAC-SHA256 of
-// body under secret (bench/floor's check).
-func signed(secret, body []byte, header string) bool {
-	sig, ok := strings.CutPrefix(header, "sha256=")
-	if !ok {
-		return false
-	}
-	got, err := hex.DecodeString(sig)
-	if err != nil {
-		return false
-	}
-	mac := hmac.New(sha256.New, secret)
-	mac.Write(body)
-	return hmac.Equal(got, mac.Sum(nil))
 }

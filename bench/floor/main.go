@@ -13,9 +13,6 @@ package main
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,11 +20,12 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+
+	"github.com/flakeship/flakeship/bench/floorhttp"
 )
 
 func main() {
@@ -47,24 +45,13 @@ func run(ctx context.Context, listen, secretFile string, log *slog.Logger) error
 	if secretFile == "" {
 		return errors.New("-secret-file is required")
 	}
-	secret, err := os.ReadFile(secretFile)
+	secret, err := floorhttp.Secret(secretFile)
 	if err != nil {
-		return fmt.Errorf("read secret: %w", err)
+		return err
 	}
-	if len(secret) == 0 {
-		return errors.New("the secret file is empty")
-	}
-	// The timeouts and body limit flakeship uses.
-	app := fiber.New(fiber.Config{
-		BodyLimit:                    25 << 20,
-		ReadTimeout:                  10 * time.Second,
-		WriteTimeout:                 10 * time.Second,
-		IdleTimeout:                  60 * time.Second,
-		DisableStartupMessage:        true,
-		DisablePreParseMultipartForm: true,
-	})
+	app := floorhttp.App()
 	app.Post("/hooks/github", func(c *fiber.Ctx) error {
-		if !signed(secret, c.Request().Body(), c.Get("X-Hub-Signature-256")) {
+		if !floorhttp.Signed(secret, c.Request().Body(), c.Get("X-Hub-Signature-256")) {
 			return c.Status(fiber.StatusUnauthorized).JSON(fiber.Map{"error": "wrong signature"})
 		}
 		return c.Status(fiber.StatusAccepted).JSON(fiber.Map{"status": "queued"})
@@ -87,20 +74,4 @@ func run(ctx context.Context, listen, secretFile string, log *slog.Logger) error
 		return fmt.Errorf("shut down: %w", err)
 	}
 	return <-served
-}
-
-// signed reports whether header is "sha256=" and the hex HMAC-SHA256 of
-// body under secret.
-func signed(secret, body []byte, header string) bool {
-	sig, ok := strings.CutPrefix(header, "sha256=")
-	if !ok {
-		return false
-	}
-	got, err := hex.DecodeString(sig)
-	if err != nil {
-		return false
-	}
-	mac := hmac.New(sha256.New, secret)
-	mac.Write(body)
-	return hmac.Equal(got, mac.Sum(nil))
 }
