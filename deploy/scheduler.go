@@ -123,7 +123,7 @@ func (s *scheduler) findLocked(id int64) *Deploy {
 func (s *scheduler) state(d *Deploy) (State, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return d.State, d != nil && s.findLocked(d.ID) == d
+	return d.State, s.findLocked(d.ID) == d
 }
 
 // find returns the waiting or running deploy id, or nil.
